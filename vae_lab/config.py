@@ -1,0 +1,115 @@
+"""The typed config schema (Hydra ConfigStore) and the range checks that run before training.
+
+The dataclasses catch misspelt keys and wrong types when Hydra composes the config;
+`check_config` catches values of the right type that make no sense (a latent size of 0).
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from vae_lab.errors import ConfigError
+
+
+@dataclass
+class DataSchema:
+    _target_: str = MISSING
+    root: str = "data"
+    limit: Optional[int] = None  # train on the first N training images
+    download: bool = True
+
+
+@dataclass
+class ModelSchema:
+    _target_: str = MISSING
+    latent_dim: int = 2
+    encoder: Any = MISSING
+    decoder: Any = MISSING
+
+
+@dataclass
+class OptimizerSchema:
+    _target_: str = "torch.optim.Adam"
+    lr: float = 1e-3
+
+
+@dataclass
+class TrainerSchema:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
+    progress: bool = True  # a tqdm bar per epoch
+
+
+@dataclass
+class Config:
+    data: DataSchema = field(default_factory=DataSchema)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    loss: Any = MISSING
+    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    seed: int = 0
+    device: str = "auto"
+
+
+def register_schemas() -> None:
+    """Store the schema under the name conf/config.yaml lists first in its defaults."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _positive_int(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _positive_number(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _non_negative_number(value: Any) -> bool:
+    return _is_number(value) and value >= 0
+
+
+def _optional_positive_int(value: Any) -> bool:
+    return value is None or _positive_int(value)
+
+
+def _device_name(value: Any) -> bool:
+    return isinstance(value, str) and (value in ("auto", "cpu", "cuda") or value.startswith("cuda:"))
+
+
+# key -> (test, what is allowed); keys absent from a config (a loss without kl_weight) are skipped
+RULES = {
+    "model.latent_dim": (_positive_int, "a positive integer"),
+    "trainer.epochs": (_positive_int, "a positive integer"),
+    "trainer.batch_size": (_positive_int, "a positive integer"),
+    "trainer.eval_batch_size": (_positive_int, "a positive integer"),
+    "trainer.threads": (_optional_positive_int, "a positive integer, or null for torch's default"),
+    "optimizer.lr": (_positive_number, "a positive, finite number"),
+    "loss.recon_weight": (_non_negative_number, "a non-negative, finite number"),
+    "loss.kl_weight": (_non_negative_number, "a non-negative, finite number"),
+    "data.limit": (_optional_positive_int, "a positive integer, or null for the whole training split"),
+    "seed": (_is_int, "an integer"),
+    "device": (_device_name, "one of auto, cpu, cuda or cuda:N"),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key whose value is out of range."""
+    for key, (is_valid, allowed) in RULES.items():
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if value == "<absent>":
+            continue
+        if not is_valid(value):
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}.")

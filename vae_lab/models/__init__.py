@@ -1,0 +1,16 @@
+"""Encoders, decoders, and the autoencoder and VAE that pair them."""
+
+from vae_lab.models.autoencoder import VAE, Autoencoder, ModelOutput, Posterior
+from vae_lab.models.conv import ConvDecoder, ConvEncoder
+from vae_lab.models.mlp import MLPDecoder, MLPEncoder
+
+__all__ = [
+    "VAE",
+    "Autoencoder",
+    "ConvDecoder",
+    "ConvEncoder",
+    "MLPDecoder",
+    "MLPEncoder",
+    "ModelOutput",
+    "Posterior",
+]

@@ -1,0 +1,109 @@
+"""Every figure, one function each: tensors in, PNG out. Nothing here touches a model."""
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _as_images(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) tensor in [0, 1] -> (N, H, W) or (N, H, W, 3) array."""
+    array = images.detach().cpu().float().clamp(0, 1).numpy()
+    return array[:, 0] if array.shape[1] == 1 else array.transpose(0, 2, 3, 1)
+
+
+def _show(axis, image: np.ndarray) -> None:
+    axis.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _save(figure, path: Path) -> Path:
+    path = Path(path)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def tile(images: torch.Tensor, rows: int, cols: int) -> np.ndarray:
+    """Give back one image of rows x cols tiles from (rows*cols, C, H, W)."""
+    array = _as_images(images)
+    height, width = array.shape[1:3]
+    grid = array.reshape(rows, cols, height, width, *array.shape[3:])
+    grid = grid.swapaxes(1, 2)  # (rows, H, cols, W, ...)
+    return grid.reshape(rows * height, cols * width, *array.shape[3:])
+
+
+def plot_reconstructions(inputs: torch.Tensor, reconstructions: torch.Tensor, path: Path) -> Path:
+    """Test inputs on the top row, their reconstructions below, as in the article."""
+    count = len(inputs)
+    figure, axes = plt.subplots(2, count, figsize=(count * 1.0, 2.3), squeeze=False)
+    for column, (image, recon) in enumerate(zip(_as_images(inputs), _as_images(reconstructions))):
+        _show(axes[0, column], image)
+        _show(axes[1, column], recon)
+    axes[0, 0].set_ylabel("input")
+    axes[1, 0].set_ylabel("decoded")
+    return _save(figure, path)
+
+
+def project_2d(codes: torch.Tensor) -> tuple[np.ndarray, Optional[str]]:
+    """Give back codes as (N, 2) and the projection's name: none for 1-d and 2-d, else PCA."""
+    codes = codes.detach().cpu().float()
+    if codes.shape[1] == 2:
+        return codes.numpy(), None
+    if codes.shape[1] == 1:
+        return torch.cat([codes, torch.zeros_like(codes)], 1).numpy(), None
+    centred = codes - codes.mean(0)
+    _, _, components = torch.linalg.svd(centred, full_matrices=False)
+    return (centred @ components[:2].T).numpy(), f"PCA projection of the {codes.shape[1]}-d codes"
+
+
+def plot_latent_scatter(
+    codes: torch.Tensor,
+    labels: torch.Tensor,
+    path: Path,
+    class_names: Sequence[str],
+    title: str = "latent codes of the test set",
+) -> Path:
+    """The test codes coloured by class, with a legend; codes of more than 2 dims go through PCA."""
+    points, projection = project_2d(codes)
+    labels = labels.detach().cpu().numpy()
+    figure, axis = plt.subplots(figsize=(7, 6))
+    colours = plt.get_cmap("tab10")
+    for index, name in enumerate(class_names):
+        chosen = labels == index
+        axis.scatter(points[chosen, 0], points[chosen, 1], s=2, color=colours(index % 10), label=name)
+    axis.set_xlabel("PC1" if projection else "z1")
+    axis.set_ylabel("PC2" if projection else "z2")
+    axis.set_title(f"{title}\n({projection})" if projection else title)
+    axis.legend(markerscale=5, loc="center left", bbox_to_anchor=(1.0, 0.5), title="class")
+    return _save(figure, path)
+
+
+def plot_image_grid(images: torch.Tensor, path: Path, cols: int = 10, title: Optional[str] = None) -> Path:
+    """A grid of images without axes (used for prior samples)."""
+    rows = len(images) // cols
+    figure, axis = plt.subplots(figsize=(cols * 0.8, rows * 0.8 + (0.4 if title else 0)))
+    _show(axis, tile(images[: rows * cols], rows, cols))
+    if title:
+        axis.set_title(title)
+    return _save(figure, path)
+
+
+def plot_manifold(images: torch.Tensor, values: np.ndarray, path: Path, title: str) -> Path:
+    """The decoded 2-d grid, with the z values of its rows and columns as axis ticks."""
+    size = len(values)
+    height, width = images.shape[-2:]
+    figure, axis = plt.subplots(figsize=(9, 9))
+    axis.imshow(tile(images, size, size), cmap="gray" if images.shape[1] == 1 else None, vmin=0, vmax=1)
+    axis.set_xticks(np.arange(size) * width + width / 2, [f"{v + 0.0:.2f}" for v in values.round(2)], rotation=90)
+    axis.set_yticks(np.arange(size) * height + height / 2, [f"{v + 0.0:.2f}" for v in values[::-1].round(2)])
+    axis.set_xlabel("z1")
+    axis.set_ylabel("z2")
+    axis.set_title(title)
+    return _save(figure, path)
