@@ -1,9 +1,10 @@
 """Data sets as uint8 tensors, kept whole on the training device, and batch iteration over them."""
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torchvision import datasets

@@ -1,7 +1,8 @@
 """Every figure, one function each: tensors in, PNG out. Nothing here touches a model."""
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import matplotlib
 
@@ -43,7 +44,9 @@ def plot_reconstructions(inputs: torch.Tensor, reconstructions: torch.Tensor, pa
     """Test inputs on the top row, their reconstructions below, as in the article."""
     count = len(inputs)
     figure, axes = plt.subplots(2, count, figsize=(count * 1.0, 2.3), squeeze=False)
-    for column, (image, recon) in enumerate(zip(_as_images(inputs), _as_images(reconstructions))):
+    for column, (image, recon) in enumerate(
+        zip(_as_images(inputs), _as_images(reconstructions), strict=True)
+    ):
         _show(axes[0, column], image)
         _show(axes[1, column], recon)
     axes[0, 0].set_ylabel("input")
@@ -101,7 +104,9 @@ def plot_manifold(images: torch.Tensor, values: np.ndarray, path: Path, title: s
     height, width = images.shape[-2:]
     figure, axis = plt.subplots(figsize=(9, 9))
     axis.imshow(tile(images, size, size), cmap="gray" if images.shape[1] == 1 else None, vmin=0, vmax=1)
-    axis.set_xticks(np.arange(size) * width + width / 2, [f"{v + 0.0:.2f}" for v in values.round(2)], rotation=90)
+    axis.set_xticks(
+        np.arange(size) * width + width / 2, [f"{v + 0.0:.2f}" for v in values.round(2)], rotation=90
+    )
     axis.set_yticks(np.arange(size) * height + height / 2, [f"{v + 0.0:.2f}" for v in values[::-1].round(2)])
     axis.set_xlabel("z1")
     axis.set_ylabel("z2")

@@ -15,7 +15,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from vae_lab import evaluate, plots
@@ -33,7 +33,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} was asked for, but torch sees no CUDA device: use device=cpu or auto.")
+        raise ConfigError(
+            f"device={name!r} was asked for, but torch sees no CUDA device: use device=cpu or auto."
+        )
     return torch.device(name)
 
 
@@ -67,7 +69,9 @@ def train_epoch(model, loss, optimizer, images, batch_size, generator, desc, pro
     has_kl = False
     batches = shuffled_batches(len(images), batch_size, generator, images.device)
     num_batches = -(-len(images) // batch_size)
-    for indices in tqdm(batches, total=num_batches, desc=desc, leave=False, disable=None if progress else True):
+    for indices in tqdm(
+        batches, total=num_batches, desc=desc, leave=False, disable=None if progress else True
+    ):
         x = to_float(images[indices])
         parts = loss(model(x), x)
         optimizer.zero_grad(set_to_none=True)
@@ -93,8 +97,14 @@ def fit(cfg, model, loss, optimizer, data: ImageData, run_dir: Path) -> dict[str
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         train = train_epoch(
-            model, loss, optimizer, data.train_images, cfg.trainer.batch_size, generator,
-            desc=f"epoch {epoch}/{epochs}", progress=cfg.trainer.progress,
+            model,
+            loss,
+            optimizer,
+            data.train_images,
+            cfg.trainer.batch_size,
+            generator,
+            desc=f"epoch {epoch}/{epochs}",
+            progress=cfg.trainer.progress,
         )
         train_s = time.perf_counter() - start
         test = evaluate.evaluate_loss(model, loss, data.test_images, cfg.trainer.eval_batch_size, cfg.seed)
@@ -107,13 +117,16 @@ def fit(cfg, model, loss, optimizer, data: ImageData, run_dir: Path) -> dict[str
             "train_images_per_s": round(len(data.train_images) / train_s, 1),
         }
         append_metrics(run_dir, record)
-        save_checkpoint(run_dir, {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "torch_rng": torch.get_rng_state(),
-            "order_rng": generator.get_state(),
-        })
+        save_checkpoint(
+            run_dir,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "torch_rng": torch.get_rng_state(),
+                "order_rng": generator.get_state(),
+            },
+        )
         log.info(
             f"epoch {epoch}/{epochs}  train: {_format(train)}  |  test: {_format(test)}  "
             f"|  {train_s:.1f} s, {record['train_images_per_s']:.0f} img/s"
@@ -125,18 +138,31 @@ def draw_figures(model, data: ImageData, run_dir: Path, seed: int) -> list[str]:
     """Draw the article's figures of the test split into the run folder; give back their names."""
     name = type(model).__name__
     drawn = [
-        plots.plot_reconstructions(data.test_images[:10] / 255, evaluate.reconstruct(model, data.test_images[:10]),
-                                   run_dir / "reconstructions.png"),
-        plots.plot_latent_scatter(evaluate.encode_means(model, data.test_images), data.test_labels,
-                                  run_dir / "latent_scatter.png", data.class_names,
-                                  title=f"{name}: test codes ({len(data.test_images)} images)"),
-        plots.plot_image_grid(model.sample(100, torch.Generator().manual_seed(seed)), run_dir / "samples.png",
-                              title=f"{name}: decoded draws from N(0, I)"),
+        plots.plot_reconstructions(
+            data.test_images[:10] / 255,
+            evaluate.reconstruct(model, data.test_images[:10]),
+            run_dir / "reconstructions.png",
+        ),
+        plots.plot_latent_scatter(
+            evaluate.encode_means(model, data.test_images),
+            data.test_labels,
+            run_dir / "latent_scatter.png",
+            data.class_names,
+            title=f"{name}: test codes ({len(data.test_images)} images)",
+        ),
+        plots.plot_image_grid(
+            model.sample(100, torch.Generator().manual_seed(seed)),
+            run_dir / "samples.png",
+            title=f"{name}: decoded draws from N(0, I)",
+        ),
     ]
     if model.latent_dim == 2:
         images, values = evaluate.decode_manifold(model, size=15)
-        drawn.append(plots.plot_manifold(images, values, run_dir / "manifold.png",
-                                         title=f"{name}: decoded grid of N(0, I) quantiles"))
+        drawn.append(
+            plots.plot_manifold(
+                images, values, run_dir / "manifold.png", title=f"{name}: decoded grid of N(0, I) quantiles"
+            )
+        )
     return [path.name for path in drawn]
 
 
@@ -150,8 +176,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     model, loss, optimizer = build(cfg, device)
     data = _instantiate(cfg.data, "data").to(device)
-    log.info(f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters), "
-             f"{loss!r}, {len(data.train_images):,} training images, device {device}")
+    log.info(
+        f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+        f"{loss!r}, {len(data.train_images):,} training images, device {device}"
+    )
     last = fit(cfg, model, loss, optimizer, data, run_dir)
     figures = draw_figures(model, data, run_dir, cfg.seed)
     summary = {
@@ -180,11 +208,15 @@ def main(cfg: DictConfig) -> None:
         log.error(str(error))
         raise SystemExit(1) from None
     except BaseException as error:  # a bug or Ctrl-C: keep the record, then let it surface as usual
-        write_json(run_dir / "summary.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        write_json(
+            run_dir / "summary.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        )
         raise
     log.info(f"Run folder: {run_dir}")
-    log.info(f"Figures: {', '.join(summary['figures'])}  |  test {_format(summary['test'])} "
-             f"(nats per image)  |  wall time {summary['wall_time_s']:.0f} s")
+    log.info(
+        f"Figures: {', '.join(summary['figures'])}  |  test {_format(summary['test'])} "
+        f"(nats per image)  |  wall time {summary['wall_time_s']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

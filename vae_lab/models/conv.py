@@ -63,7 +63,9 @@ class ConvDecoder(nn.Module):
         if image_size % upscale:
             raise ValueError(f"image_size {image_size} is not divisible by the decoder's upscale {upscale}")
         self.start_shape = (start_channels, image_size // upscale, image_size // upscale)
-        self.project = nn.Sequential(nn.Linear(latent_dim, start_channels * self.start_shape[1] ** 2), nn.ReLU())
+        self.project = nn.Sequential(
+            nn.Linear(latent_dim, start_channels * self.start_shape[1] ** 2), nn.ReLU()
+        )
         layers: list[nn.Module] = []
         previous = start_channels
         for channels_out, stride in zip(channels, strides, strict=True):

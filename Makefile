@@ -1,0 +1,40 @@
+# The README's commands. `make demo` and `make test` each set up .venv first (once).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_MNIST := ../shared/data/MNIST/raw
+DATA := data/MNIST/raw
+MNIST_GZ := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+DEMO_EPOCHS ?= 3
+
+.PHONY: setup data demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,launchers,tensorboard]"
+	touch $@
+
+# Copy the official MNIST files when they sit beside the project; else torchvision downloads them on first use.
+data:
+	@mkdir -p $(DATA)
+	@for f in $(MNIST_GZ); do \
+	  if [ ! -f $(DATA)/$$f ] && [ -f $(SHARED_MNIST)/$$f ]; then cp $(SHARED_MNIST)/$$f $(DATA)/ && echo "copied $$f into $(DATA)"; fi; \
+	done
+
+demo: setup data
+	@echo "Demo: the article's VAE (2-d latent) for $(DEMO_EPOCHS) of its 10 epochs, to finish in a few minutes."
+	@echo "The full article run is: python -m vae_lab.train experiment=article_vae"
+	$(BIN)/python -m vae_lab.train experiment=article_vae trainer.epochs=$(DEMO_EPOCHS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup data lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

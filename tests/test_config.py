@@ -1,0 +1,157 @@
+"""Every config composes through Hydra's compose API, and bad values fail with clear messages."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf.errors import ValidationError
+
+from tests.conftest import REPO, python
+from vae_lab.config import check_config, register_schemas
+from vae_lab.errors import ConfigError
+from vae_lab.train import build, resolve_device
+
+CONF = REPO / "conf"
+GROUP_CHOICES = {
+    group: sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+    for group in ("data", "model", "loss", "optimizer", "trainer", "experiment")
+}
+
+
+def compose_config(*overrides: str):
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_the_named_choices_exist():
+    assert {"ae", "vae", "mlp_ae", "mlp_vae"} <= set(GROUP_CHOICES["model"])
+    assert {"recon", "kl", "elbo"} <= set(GROUP_CHOICES["loss"])
+    assert {"mnist"} <= set(GROUP_CHOICES["data"])
+    assert {"article_ae", "article_vae"} <= set(GROUP_CHOICES["experiment"])
+
+
+@pytest.mark.parametrize(
+    "group,choice", [(group, choice) for group, choices in GROUP_CHOICES.items() for choice in choices]
+)
+def test_every_choice_composes_and_passes_the_checks(group, choice):
+    cfg = compose_config(f"{group}={choice}")
+    check_config(cfg)
+    if group in ("model", "loss"):
+        instantiate(cfg[group])
+
+
+@pytest.mark.parametrize("model", ["ae", "vae", "mlp_ae", "mlp_vae"])
+def test_latent_dim_override_reaches_the_model(model):
+    cfg = compose_config(f"model={model}", "model.latent_dim=5", "loss=recon")
+    built, _, _ = build(cfg, resolve_device("cpu"))
+    assert built.latent_dim == 5
+    assert built(torch.rand(2, 1, 28, 28)).code.shape == (2, 5)
+
+
+def test_the_article_experiments_carry_the_article_settings():
+    ae = compose_config("experiment=article_ae")
+    assert ae.model._target_.endswith("Autoencoder") and ae.loss._target_.endswith("Reconstruction")
+    assert (ae.trainer.epochs, ae.trainer.batch_size, ae.optimizer.lr, ae.model.latent_dim) == (
+        20,
+        128,
+        1e-3,
+        2,
+    )
+    vae = compose_config("experiment=article_vae")
+    assert vae.model._target_.endswith("VAE") and vae.loss._target_.endswith("ELBO")
+    assert (vae.trainer.epochs, vae.optimizer.lr, vae.model.latent_dim) == (10, 1e-3, 2)
+    assert vae.model.encoder.batch_norm and vae.model.encoder.dropout == 0.3
+
+
+def test_a_misspelt_key_fails_when_composing():
+    with pytest.raises(ConfigCompositionException, match="latnt_dim"):
+        compose_config("model.latnt_dim=3")
+
+
+def test_a_misspelt_key_in_a_yaml_file_fails_when_merged(tmp_path):
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    (experiment / "typo.yaml").write_text("# @package _global_\ntrainer:\n  epoch: 3\n")
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_config(f"hydra.searchpath=[file://{tmp_path}]", "experiment=typo")
+    assert "epoch" in str(caught.value.__cause__ or caught.value)
+
+
+def test_a_wrong_type_fails_when_composing():
+    with pytest.raises((ConfigCompositionException, ValidationError), match="trainer.epochs"):
+        compose_config("trainer.epochs=ten")
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.latent_dim=0", "model.latent_dim"),
+        ("model.latent_dim=-3", "model.latent_dim"),
+        ("trainer.epochs=-1", "trainer.epochs"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-0.001", "optimizer.lr"),
+        ("optimizer.lr=nan", "optimizer.lr"),
+        ("loss.kl_weight=-1", "loss.kl_weight"),
+        ("data.limit=0", "data.limit"),
+        ("device=tpu", "device"),
+    ],
+)
+def test_out_of_range_values_name_key_value_and_what_is_allowed(override, key):
+    cfg = compose_config(override)
+    with pytest.raises(ConfigError) as caught:
+        check_config(cfg)
+    message = str(caught.value)
+    value = override.split("=", 1)[1]
+    assert message.startswith(f"{key}=") and "must be" in message
+    assert value.lstrip("-").rstrip("0").rstrip(".") in message or value in message
+
+
+def test_a_kl_term_on_a_deterministic_autoencoder_is_a_config_error():
+    cfg = compose_config("model=ae", "loss=elbo")
+    with pytest.raises(ConfigError, match="deterministic autoencoder"):
+        build(cfg, resolve_device("cpu"))
+
+
+def test_cuda_asked_for_without_cuda_is_a_config_error(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="device='cuda'"):
+        resolve_device("cuda")
+
+
+def _train_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [python(), "-m", "vae_lab.train", *overrides], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("model.latent_dim=0", "model.latent_dim=0 is not allowed: it must be a positive integer"),
+        ("loss=nonsense", "Available options in 'loss'"),
+        ("trainer.epochs=ten", "trainer.epochs"),
+        ("model.latnt_dim=4", "latnt_dim"),
+    ],
+)
+def test_bad_input_on_the_command_line_gives_one_message_and_no_traceback(tmp_path, override, expected):
+    result = _train_cli(override, f"hydra.run.dir={tmp_path / 'run'}", "data.root=/nonexistent", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert expected in result.stderr + result.stdout
+
+
+def test_a_run_that_fails_its_checks_is_marked_failed_in_its_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _train_cli("model=ae", "loss=kl", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "deterministic autoencoder" in summary["error"]
+    assert not (run_dir / "checkpoint.pt").exists()

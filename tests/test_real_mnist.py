@@ -1,0 +1,57 @@
+"""A short training run on the real MNIST files from ../shared/data (skipped only when they are absent)."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import SHARED_MNIST, python
+from vae_lab.data import MNIST_FILES, load_mnist
+
+pytestmark = pytest.mark.skipif(
+    not all((SHARED_MNIST / f"{name}.gz").is_file() for name in MNIST_FILES),
+    reason=f"the official MNIST .gz files are not in {SHARED_MNIST}",
+)
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:  # copy: torchvision unpacks next to the files, and ../shared is read-only
+        shutil.copy(SHARED_MNIST / f"{name}.gz", raw)
+    return root
+
+
+def test_the_official_files_load_with_their_known_sizes(mnist_root):
+    data = load_mnist(str(mnist_root), download=True)  # md5 sums match: nothing is downloaded
+    assert data.train_images.shape == (60000, 1, 28, 28) and data.test_images.shape == (10000, 1, 28, 28)
+    assert data.train_labels.bincount().tolist()[:2] == [5923, 6742]
+
+
+def test_a_few_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp_path):
+    run_dir = tmp_path / "run"
+    # 3 epochs of 8,192 images at batch 128: 192 steps
+    result = subprocess.run(
+        [
+            python(),
+            "-m",
+            "vae_lab.train",
+            f"data.root={mnist_root}",
+            f"hydra.run.dir={run_dir}",
+            "data.limit=8192",
+            "trainer.epochs=3",
+            "trainer.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    tests = [line["test"]["total"] for line in lines]
+    assert tests[2] < tests[0] - 10, tests
+    # an untrained decoder gives about 784 * log 2 = 543 nats; a few hundred steps reach far below
+    assert tests[2] < 250, tests

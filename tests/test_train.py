@@ -1,0 +1,145 @@
+"""End to end: the CLI trains on a tiny MNIST in IDX format and writes every file a run promises."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+
+from tests.conftest import python
+from vae_lab import load_run
+from vae_lab.data import load_mnist
+from vae_lab.errors import RunFolderError
+from vae_lab.evaluate import evaluate_loss
+from vae_lab.losses import ELBO, Reconstruction
+
+FIGURES = ("reconstructions.png", "latent_scatter.png", "samples.png", "manifold.png")
+
+
+def train_cli(run_dir: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [
+            python(),
+            "-m",
+            "vae_lab.train",
+            f"data.root={data_root}",
+            f"hydra.run.dir={run_dir}",
+            "trainer.epochs=2",
+            "trainer.batch_size=32",
+            "trainer.eval_batch_size=50",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    from tests.conftest import write_fake_mnist
+
+    root = write_fake_mnist(tmp_path_factory.mktemp("data"))
+    run_dir = tmp_path_factory.mktemp("runs") / "vae"
+    result = train_cli(run_dir, root, "seed=3")
+    return run_dir, root, result
+
+
+def test_a_run_writes_every_promised_file(vae_run):
+    run_dir, _, result = vae_run
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint.pt",
+        *FIGURES,
+    ):
+        assert (run_dir / name).is_file(), name
+    assert f"Run folder: {run_dir}" in result.stderr + result.stdout
+
+
+def test_metrics_have_one_line_per_epoch_in_nats_per_image(vae_run):
+    run_dir, _, _ = vae_run
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for line in lines:
+        for split in ("train", "test"):
+            parts = line[split]
+            assert parts["total"] == pytest.approx(parts["recon"] + parts["kl"], rel=1e-5)
+            assert 0 < parts["kl"] < parts["recon"] < 784 * 0.7  # BCE per image is below 784 log 2
+        assert line["train_s"] > 0 and line["train_images_per_s"] > 0
+
+
+def test_summary_holds_the_final_test_numbers(vae_run):
+    run_dir, _, _ = vae_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert summary["test"] == last["test"] and summary["train"] == last["train"]
+    assert summary["train_images"] == 256 and summary["test_images"] == 64
+    assert summary["wall_time_s"] > 0 and sorted(summary["figures"]) == sorted(FIGURES)
+
+
+def test_figures_are_real_images(vae_run):
+    run_dir, _, _ = vae_run
+    for name in FIGURES:
+        image = matplotlib.image.imread(run_dir / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        assert image[..., :3].std() > 0.01, name  # not blank
+
+
+def test_checkpoint_holds_model_optimiser_epoch_and_rng(vae_run):
+    run_dir, _, _ = vae_run
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2
+    assert {"model", "optimizer", "torch_rng", "order_rng"} <= set(state)
+
+
+def test_load_run_gives_back_the_trained_model(vae_run):
+    run_dir, root, _ = vae_run
+    run = load_run(run_dir)
+    assert run.config.seed == 3 and run.summary["status"] == "completed" and len(run.metrics) == 2
+    model = run.model
+    assert not model.training
+    data = load_mnist(str(root), download=False)
+    # the same numbers as the run measured: evaluation noise comes from the run's seed
+    again = evaluate_loss(model, ELBO(), data.test_images, batch_size=50, seed=3)
+    for key in ("total", "recon", "kl"):
+        assert again[key] == pytest.approx(run.summary["test"][key], rel=1e-5)
+    mean, log_var = model.encode(torch.rand(4, 1, 28, 28))
+    assert mean.shape == log_var.shape == (4, 2)
+    probabilities = model.decode(mean)
+    assert probabilities.shape == (4, 1, 28, 28) and 0 <= probabilities.min() and probabilities.max() <= 1
+    assert model.sample(3).shape == (3, 1, 28, 28)
+
+
+def test_training_lowers_the_loss(vae_run):
+    run_dir, _, _ = vae_run
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["train"]["total"] < lines[0]["train"]["total"]
+
+
+def test_a_deterministic_autoencoder_logs_kl_as_not_applicable(tmp_path, fake_mnist_root):
+    run_dir = tmp_path / "ae"
+    train_cli(
+        run_dir, fake_mnist_root, "model=mlp_ae", "loss=recon", "model.latent_dim=3", "trainer.epochs=1"
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test"]["kl"] is None and summary["train"]["kl"] is None
+    assert summary["test"]["total"] == pytest.approx(summary["test"]["recon"])
+    assert "manifold.png" not in summary["figures"]  # a 3-d latent has no 2-d manifold
+    run = load_run(run_dir)
+    assert run.model.encode(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+    data = load_mnist(str(fake_mnist_root), download=False)
+    again = evaluate_loss(run.model, Reconstruction(), data.test_images, batch_size=64)
+    assert again["total"] == pytest.approx(summary["test"]["total"], rel=1e-5)
+
+
+def test_load_run_on_a_folder_that_is_not_a_run_says_so(tmp_path):
+    with pytest.raises(RunFolderError, match="not a finished vae_lab run"):
+        load_run(tmp_path)
