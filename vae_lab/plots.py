@@ -112,3 +112,114 @@ def plot_manifold(images: torch.Tensor, values: np.ndarray, path: Path, title: s
     axis.set_ylabel("z2")
     axis.set_title(title)
     return _save(figure, path)
+
+
+def _panel_grid(count: int, panel_size: float, max_cols: int = 4):
+    cols = min(count, max_cols)
+    rows = -(-count // cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(cols * panel_size, rows * panel_size), squeeze=False)
+    for axis in axes.flat[count:]:
+        axis.axis("off")
+    return figure, list(axes.flat[:count])
+
+
+def _extent(points: np.ndarray) -> tuple[float, float, float, float]:
+    low, high = np.percentile(points, [0.5, 99.5], axis=0)
+    return low[0], high[0], low[1], high[1]
+
+
+def axes_comparable(point_sets: Sequence[np.ndarray], factor: float = 3.0) -> bool:
+    """True when every panel's spread is within `factor` of the others': then shared limits help."""
+    spans = [max(e[1] - e[0], e[3] - e[2]) for e in map(_extent, point_sets)]
+    return min(spans) > 0 and max(spans) / min(spans) <= factor
+
+
+def plot_latent_comparison(
+    panels: Sequence[tuple[str, torch.Tensor]], labels: torch.Tensor, class_names: Sequence[str], path: Path
+) -> Path:
+    """Each run's test codes side by side, one shared legend; shared axis limits where spreads compare."""
+    projected = [(title, *project_2d(codes)) for title, codes in panels]
+    labels = labels.detach().cpu().numpy()
+    shared = axes_comparable([points for _, points, _ in projected])
+    if shared:
+        extents = np.array([_extent(points) for _, points, _ in projected])
+        limits = (extents[:, 0].min(), extents[:, 1].max(), extents[:, 2].min(), extents[:, 3].max())
+    figure, axes = _panel_grid(len(projected), 4.2)
+    colours = plt.get_cmap("tab10")
+    for axis, (title, points, projection) in zip(axes, projected, strict=True):
+        for index, name in enumerate(class_names):
+            chosen = labels == index
+            axis.scatter(points[chosen, 0], points[chosen, 1], s=1, color=colours(index % 10), label=name)
+        if shared:
+            axis.set_xlim(limits[0], limits[1])
+            axis.set_ylim(limits[2], limits[3])
+        axis.set_xlabel("PC1" if projection else "z1")
+        axis.set_ylabel("PC2" if projection else "z2")
+        axis.set_title(title + ("\n(PCA)" if projection else ""), fontsize=10)
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, markerscale=6, loc="center right", title="class")
+    figure.suptitle("test codes" + (" (shared axes)" if shared else " (each panel its own axes)"))
+    figure.tight_layout(rect=(0, 0, 0.93, 1))
+    return _save(figure, path)
+
+
+def plot_image_rows(rows: Sequence[tuple[str, torch.Tensor]], path: Path, title: str) -> Path:
+    """One labelled row of images per entry (test inputs, then each run's reconstructions or samples)."""
+    count = max(len(images) for _, images in rows)
+    figure, axes = plt.subplots(
+        len(rows), 1, figsize=(count * 0.75 + 2.5, len(rows) * 0.9 + 0.5), squeeze=False
+    )
+    for axis, (name, images) in zip(axes[:, 0], rows, strict=True):
+        _show(axis, tile(images, 1, len(images)))
+        axis.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_manifold_comparison(
+    panels: Sequence[tuple[str, torch.Tensor]], values: np.ndarray, path: Path
+) -> Path:
+    """Each 2-d run's decoded grid of N(0, 1) quantiles, side by side."""
+    size = len(values)
+    figure, axes = _panel_grid(len(panels), 5.0)
+    for axis, (title, images) in zip(axes, panels, strict=True):
+        _show(axis, tile(images, size, size))
+        axis.set_title(title, fontsize=10)
+    figure.suptitle(f"decoded grid, z1 and z2 from {values[0]:.2f} to {values[-1]:.2f}")
+    return _save(figure, path)
+
+
+def plot_curves(curves: Sequence[tuple[str, list[int], dict[str, list]]], path: Path) -> Path:
+    """Test total, reconstruction and KL against epoch, one line per run."""
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for axis, part in zip(axes, ("total", "recon", "kl"), strict=True):
+        for name, epochs, parts in curves:
+            points = [(e, v) for e, v in zip(epochs, parts[part], strict=True) if v is not None]
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(f"test {part} (nats per image)")
+        axis.set_title(f"test {part}")
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="lower center", ncol=min(len(curves), 4), fontsize=8)
+    figure.tight_layout(rect=(0, 0.04 + 0.04 * (len(curves) // 4), 1, 1))
+    return _save(figure, path)
+
+
+def plot_metric_against_key(
+    key: str, lines: dict[str, dict[str, tuple[list, list, list]]], path: Path
+) -> Path:
+    """Final test metrics against a swept numeric key: {metric: {line name: (x, mean, std)}}."""
+    figure, axes = plt.subplots(1, len(lines), figsize=(5 * len(lines), 4.2), squeeze=False)
+    for axis, (metric, by_line) in zip(axes[0], lines.items(), strict=True):
+        for name, (xs, means, stds) in by_line.items():
+            axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=name or None)
+        axis.set_xlabel(key)
+        axis.set_ylabel(metric)
+        if all(x > 0 for line in by_line.values() for x in line[0]):
+            axis.set_xscale("log", base=2)
+        if any(by_line):
+            axis.legend(fontsize=8)
+    figure.suptitle(f"final test metrics against {key}")
+    figure.tight_layout()
+    return _save(figure, path)

@@ -5,7 +5,10 @@
 Everything a run makes lands in its Hydra run folder (outputs/<date>/<time>/).
 """
 
+import importlib.util
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +17,9 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from vae_lab import evaluate, plots
@@ -25,6 +29,7 @@ from vae_lab.errors import ConfigError, VaeLabError
 from vae_lab.runs import append_metrics, save_checkpoint, write_json
 
 log = logging.getLogger("vae_lab")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # absolute: works from any module or folder
 register_schemas()
 
 
@@ -166,12 +171,19 @@ def draw_figures(model, data: ImageData, run_dir: Path, seed: int) -> list[str]:
     return [path.name for path in drawn]
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and draw one run into run_dir; give back its summary (also written to summary.json)."""
+def run(cfg: DictConfig, run_dir: Path, parallel_jobs: int = 1) -> dict[str, Any]:
+    """Train and draw one run into run_dir; give back its summary (also written to summary.json).
+
+    trainer.threads=null leaves torch's default alone in a job of its own, and gives each of
+    several parallel jobs its share of the cores, so they never oversubscribe the machine.
+    """
     started = time.perf_counter()
     check_config(cfg)
-    if cfg.trainer.threads is not None:
-        torch.set_num_threads(cfg.trainer.threads)
+    threads = cfg.trainer.threads
+    if threads is None and parallel_jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+    if threads is not None:
+        torch.set_num_threads(threads)  # at the start of the job: an environment variable would come too late
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model, loss, optimizer = build(cfg, device)
@@ -191,6 +203,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "train_images": len(data.train_images),
         "test_images": len(data.test_images),
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "figures": figures,
     }
@@ -198,25 +211,73 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+def parallel_jobs(hydra_cfg) -> int:
+    """Give back how many jobs the launcher runs at once on this machine (joblib's n_jobs), else 1."""
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
+    if not n_jobs:
+        return 1
+    cores = os.cpu_count() or 1
+    return max(1, cores + 1 + n_jobs if n_jobs < 0 else min(n_jobs, cores))  # joblib: -1 is every core
+
+
+def _failed(error: BaseException) -> dict[str, str]:
+    message = str(error) if isinstance(error, VaeLabError) else f"{type(error).__name__}: {error}"
+    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    return {"status": status, "error": message}
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def train_app(cfg: DictConfig) -> None:
+    """The Hydra app: one job of a run or of a sweep."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        summary = run(cfg, run_dir)
-    except VaeLabError as error:
-        write_json(run_dir / "summary.json", {"status": "failed", "error": str(error)})
-        log.error(str(error))
-        raise SystemExit(1) from None
-    except BaseException as error:  # a bug or Ctrl-C: keep the record, then let it surface as usual
-        write_json(
-            run_dir / "summary.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-        )
-        raise
+        summary = run(cfg, run_dir, parallel_jobs=parallel_jobs(hydra_cfg))
+    except BaseException as error:
+        write_json(run_dir / "summary.json", _failed(error))
+        if isinstance(error, VaeLabError):
+            log.error(str(error))
+            if not in_sweep:
+                raise SystemExit(1) from None
+        elif in_sweep and isinstance(error, Exception):
+            # one failed job must not stop the sweep: its folder keeps the error for `compare`
+            log.exception(f"job failed: {run_dir}")
+        else:
+            raise  # a bug in a single run, or Ctrl-C: the record is kept, the traceback is shown
+        return
     log.info(f"Run folder: {run_dir}")
     log.info(
         f"Figures: {', '.join(summary['figures'])}  |  test {_format(summary['test'])} "
         f"(nats per image)  |  wall time {summary['wall_time_s']:.0f} s"
     )
+
+
+# launcher choices -> the optional plugin package each one needs (pip install -e .[launchers])
+LAUNCHER_PLUGINS = {
+    "joblib": "hydra_plugins.hydra_joblib_launcher",
+    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "slurm": "hydra_plugins.hydra_submitit_launcher",
+}
+
+
+def require_launcher_plugin(arguments: list[str]) -> None:
+    """Exit with an install hint when the command line asks for a launcher whose plugin is missing."""
+    for argument in arguments:
+        name = argument.partition("hydra/launcher=")[2]
+        plugin = LAUNCHER_PLUGINS.get(name)
+        if plugin and importlib.util.find_spec(plugin) is None:
+            raise SystemExit(
+                f"hydra/launcher={name} needs the optional Hydra launcher plugins, which are not installed: "
+                "run `pip install -c constraints.txt -e '.[launchers]'` in the project folder."
+            )
+
+
+def main() -> None:
+    """The command line (python -m vae_lab.train, vae-lab-train): Hydra overrides in sys.argv."""
+    require_launcher_plugin(sys.argv[1:])
+    train_app()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,246 @@
+"""Multirun sweeps through Hydra's launchers, and `compare` over their folders."""
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import python
+from vae_lab.compare import compare, group, read_row
+from vae_lab.compare import main as compare_main
+from vae_lab.errors import VaeLabError
+from vae_lab.train import require_launcher_plugin
+
+TINY = ["trainer.epochs=1", "trainer.batch_size=64", "trainer.eval_batch_size=64", "trainer.progress=false"]
+
+
+def sweep(tmp_path: Path, data_root: Path, *overrides: str) -> Path:
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        [
+            python(),
+            "-m",
+            "vae_lab.train",
+            "-m",
+            f"data.root={data_root}",
+            f"hydra.sweep.dir={sweep_dir}",
+            *TINY,
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(
+        (p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: int(p.name.split("_")[0])
+    )
+
+
+@pytest.fixture(scope="module")
+def loss_sweep(tmp_path_factory):
+    from tests.conftest import write_fake_mnist
+
+    root = write_fake_mnist(tmp_path_factory.mktemp("data"))
+    return sweep(tmp_path_factory.mktemp("loss"), root, "loss=recon,kl,elbo")
+
+
+def test_a_loss_sweep_makes_one_readably_named_folder_per_loss(loss_sweep):
+    names = [p.name for p in job_dirs(loss_sweep)]
+    tiny = "trainer.batch_size=64,trainer.epochs=1"  # the tiny settings are overrides too; seeds are not
+    assert names == [f"0_loss=recon,{tiny}", f"1_loss=kl,{tiny}", f"2_loss=elbo,{tiny}"]
+    for job in job_dirs(loss_sweep):
+        assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+
+
+def test_compare_reads_back_each_runs_numbers(loss_sweep):
+    written = compare([loss_sweep])
+    names = {path.name for path in written}
+    assert {
+        "comparison.csv",
+        "comparison.md",
+        "curves.png",
+        "latent_comparison.png",
+        "reconstructions_comparison.png",
+        "samples_comparison.png",
+        "manifold_comparison.png",
+    } <= names
+    with open(loss_sweep / "comparison.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["loss"] for row in rows] == ["recon", "kl", "elbo"]
+    for row in rows:
+        summary = json.loads((loss_sweep / row["run"] / "summary.json").read_text())
+        for part in ("total", "recon", "kl"):
+            assert float(row[f"test_{part}"]) == pytest.approx(summary["test"][part], rel=1e-9)
+        assert row["status"] == "completed"
+    markdown = (loss_sweep / "comparison.md").read_text()
+    assert "| loss |" in markdown
+    assert markdown.count("| completed |") == 3
+
+
+def test_the_ablation_experiment_carries_the_loss_sweep(tmp_path):
+    result = subprocess.run(
+        [python(), "-m", "vae_lab.train", "experiment=ablation", "--cfg", "hydra"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["hydra"]["sweeper"]["params"] == {"loss": "recon,kl,elbo"}
+
+
+def _fake_run(
+    folder: Path, overrides: list[str], status: str = "completed", total: float = 0.0, **extra
+) -> Path:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("{}\n")
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    summary = {"status": status}
+    if status == "completed":
+        summary["test"] = {"total": total, "recon": total - 1, "kl": 1.0}
+    summary.update(extra)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_grouping_over_seeds_gives_mean_and_sample_standard_deviation(tmp_path):
+    values = {
+        ("recon", 0): 100.0,
+        ("recon", 1): 104.0,
+        ("recon", 2): 108.0,
+        ("elbo", 0): 150.0,
+        ("elbo", 1): 151.0,
+    }
+    rows = [
+        read_row(
+            _fake_run(tmp_path / f"{loss}_{seed}", [f"loss={loss}", f"seed={seed}"], total=total), tmp_path
+        )
+        for (loss, seed), total in values.items()
+    ]
+    rows.append(
+        read_row(
+            _fake_run(tmp_path / "broken", ["loss=recon", "seed=3"], status="failed", error="boom"), tmp_path
+        )
+    )
+    header, body = group(rows)
+    table = {line[0]: dict(zip(header, line, strict=True)) for line in body}
+    assert table["recon"]["runs"] == 3 and table["elbo"]["runs"] == 2  # the failed run is left out
+    assert table["recon"]["test_total mean"] == pytest.approx(104.0)
+    assert table["recon"]["test_total std"] == pytest.approx(statistics.stdev([100, 104, 108]))  # 4.0
+    assert table["elbo"]["test_total std"] == pytest.approx(0.7071, abs=1e-4)
+    by_seed_header, by_seed = group(rows, by=["seed"])
+    assert by_seed_header[0] == "seed" and {line[0] for line in by_seed} == {"0", "1", "2"}
+
+
+def test_a_failed_or_unfinished_run_shows_in_the_table_and_the_rest_are_compared(tmp_path):
+    _fake_run(tmp_path / "0_loss=recon", ["loss=recon"], total=120.0)
+    _fake_run(tmp_path / "1_loss=kl", ["loss=kl"], status="failed", error="ConfigError: something named")
+    unfinished = tmp_path / "2_loss=elbo" / ".hydra"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.yaml").write_text("{}\n")
+    (unfinished / "overrides.yaml").write_text("- loss=elbo\n")  # Hydra writes both before the job starts
+    compare([tmp_path])
+    with open(tmp_path / "comparison.csv") as file:
+        rows = {row["loss"]: row for row in csv.DictReader(file)}
+    assert rows["recon"]["status"] == "completed" and float(rows["recon"]["test_total"]) == 120.0
+    assert rows["kl"]["status"] == "failed" and "something named" in rows["kl"]["error"]
+    assert rows["elbo"]["status"] == "incomplete"
+
+
+def test_a_sweep_with_a_failing_job_finishes_the_others(tmp_path, fake_mnist_root):
+    sweep_dir = sweep(tmp_path, fake_mnist_root, "model=ae,mlp_vae", "loss=kl")  # KL on an AE must fail
+    jobs = job_dirs(sweep_dir)
+    statuses = [json.loads((job / "summary.json").read_text()) for job in jobs]
+    assert "model=ae" in jobs[0].name and statuses[0]["status"] == "failed"
+    assert "deterministic autoencoder" in statuses[0]["error"]
+    assert "model=mlp_vae" in jobs[1].name and statuses[1]["status"] == "completed"
+    compare([sweep_dir])
+    markdown = (sweep_dir / "comparison.md").read_text()
+    assert "| failed |" in markdown and "| completed |" in markdown
+
+
+def test_compare_on_a_folder_without_runs_says_so(tmp_path, capsys):
+    assert compare_main([str(tmp_path)]) == 2
+    assert "no runs under" in capsys.readouterr().err
+    with pytest.raises(VaeLabError, match="not a folder"):
+        compare([tmp_path / "missing"])
+
+
+def test_joblib_runs_jobs_in_parallel_with_their_share_of_the_cores(tmp_path, fake_mnist_root):
+    sweep_dir = sweep(
+        tmp_path,
+        fake_mnist_root,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=mlp_vae",
+        "loss=recon,elbo",
+    )
+    expected_threads = max(1, (os.cpu_count() or 1) // 2)
+    jobs = job_dirs(sweep_dir)
+    assert len(jobs) == 2
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["threads"] == expected_threads
+
+
+def test_an_explicit_thread_count_wins(tmp_path, fake_mnist_root):
+    sweep_dir = sweep(
+        tmp_path,
+        fake_mnist_root,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=mlp_vae",
+        "trainer.threads=1",
+        "seed=0,1",
+    )
+    for job in job_dirs(sweep_dir):
+        assert json.loads((job / "summary.json").read_text())["threads"] == 1
+
+
+def test_submitit_local_runs_a_sweep(tmp_path, fake_mnist_root):
+    sweep_dir = sweep(
+        tmp_path,
+        fake_mnist_root,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        "model=mlp_vae",
+        "loss=recon,elbo",
+    )
+    jobs = job_dirs(sweep_dir)
+    assert [job.name.split(",")[0] for job in jobs] == ["0_loss=recon", "1_loss=elbo"]
+    for job in jobs:
+        assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+
+
+def test_the_slurm_preset_requeues_and_asks_for_a_gpu(tmp_path):
+    result = subprocess.run(
+        [python(), "-m", "vae_lab.train", "hydra/launcher=slurm", "--cfg", "hydra"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (
+        launcher["max_num_timeout"] > 0 and launcher["gpus_per_node"] == 1 and launcher["partition"] is None
+    )
+
+
+def test_a_missing_launcher_plugin_gets_an_install_hint(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match=r"pip install .*\[launchers\]"):
+        require_launcher_plugin(["-m", "hydra/launcher=joblib"])
+    require_launcher_plugin(["-m", "loss=recon,kl"])  # no launcher asked for: nothing to check
