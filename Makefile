@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED_MNIST := ../shared/data/MNIST/raw
 DATA := data/MNIST/raw
 MNIST_GZ := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
-DEMO_EPOCHS ?= 3
+DEMO_EPOCHS ?= 1
 
 .PHONY: setup data demo test lint clean
 
@@ -25,9 +25,10 @@ data:
 	done
 
 demo: setup data
-	@echo "Demo: the article's VAE (2-d latent) for $(DEMO_EPOCHS) of its 10 epochs, to finish in a few minutes."
-	@echo "The full article run is: python -m vae_lab.train experiment=article_vae"
-	$(BIN)/python -m vae_lab.train experiment=article_vae trainer.epochs=$(DEMO_EPOCHS)
+	@echo "Demo: the article's loss ablation (reconstruction only, KL only, both) with its VAE,"
+	@echo "$(DEMO_EPOCHS) of the article's 10 epochs per run, then the comparison of the three runs."
+	@echo "The full study is: python -m vae_lab.train -m experiment=ablation (or python experiments/ablation.py)"
+	$(BIN)/python experiments/ablation.py trainer.epochs=$(DEMO_EPOCHS)
 
 lint: setup
 	$(BIN)/ruff check .

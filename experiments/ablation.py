@@ -1,0 +1,21 @@
+"""The article's ablation of the two loss terms: the sweep (reconstruction only, KL only, both),
+then the side-by-side comparison of its three runs.
+
+python experiments/ablation.py [overrides, e.g. trainer.epochs=1 hydra/launcher=joblib]
+"""
+
+import sys
+import time
+from pathlib import Path
+
+from _launch import launch
+
+from vae_lab.compare import compare
+
+if __name__ == "__main__":
+    given = [arg.partition("=")[2] for arg in sys.argv[1:] if arg.startswith("hydra.sweep.dir=")]
+    sweep_dir = Path(given[-1] if given else time.strftime("outputs/multirun/%Y-%m-%d/%H-%M-%S"))
+    launch("-m", "experiment=ablation", f"hydra.sweep.dir={sweep_dir}")
+    written = compare([sweep_dir])
+    print(f"Sweep folder: {sweep_dir}")
+    print("Comparison: " + ", ".join(str(path) for path in written))
