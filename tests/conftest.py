@@ -55,5 +55,15 @@ def _small_and_deterministic(monkeypatch):
     torch.manual_seed(0)
 
 
+# small evaluation settings for runs on tiny data: every metric still runs
+FAST_EVALUATION = [
+    "evaluation.iwae_k=10",
+    "evaluation.iwae_images=50",
+    "evaluation.mi_images=50",
+    "evaluation.prior_samples=300",
+    "evaluation.classifier.epochs=1",
+]
+
+
 def python() -> str:
     return sys.executable

@@ -44,6 +44,7 @@ def test_a_few_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp_p
             "data.limit=8192",
             "trainer.epochs=3",
             "trainer.progress=false",
+            "evaluation.enabled=false",  # the metrics have tests of their own
         ],
         capture_output=True,
         text=True,
@@ -55,3 +56,11 @@ def test_a_few_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp_p
     assert tests[2] < tests[0] - 10, tests
     # an untrained decoder gives about 784 * log 2 = 543 nats; a few hundred steps reach far below
     assert tests[2] < 250, tests
+
+
+def test_the_digit_classifier_learns_real_digits(mnist_root):
+    from vae_lab.classifier import train_classifier
+
+    data = load_mnist(str(mnist_root), limit=6000)
+    _, accuracy = train_classifier(data, epochs=2, batch_size=128, lr=1e-3, seed=0, progress=False)
+    assert accuracy > 0.95  # on the whole test split, from 6,000 training images

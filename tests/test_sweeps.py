@@ -10,13 +10,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import python
+from tests.conftest import FAST_EVALUATION, python
 from vae_lab.compare import compare, group, read_row
 from vae_lab.compare import main as compare_main
 from vae_lab.errors import VaeLabError
 from vae_lab.train import require_launcher_plugin
 
-TINY = ["trainer.epochs=1", "trainer.batch_size=64", "trainer.eval_batch_size=64", "trainer.progress=false"]
+TINY = [
+    "trainer.epochs=1",
+    "trainer.batch_size=64",
+    "trainer.eval_batch_size=64",
+    "trainer.progress=false",
+    *FAST_EVALUATION,
+]
 
 
 def sweep(tmp_path: Path, data_root: Path, *overrides: str) -> Path:

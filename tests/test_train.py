@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 import torch
 
-from tests.conftest import python
+from tests.conftest import FAST_EVALUATION, python
 from vae_lab import load_run
 from vae_lab.data import load_mnist
 from vae_lab.errors import RunFolderError
@@ -29,6 +29,7 @@ def train_cli(run_dir: Path, data_root: Path, *overrides: str) -> subprocess.Com
             "trainer.epochs=2",
             "trainer.batch_size=32",
             "trainer.eval_batch_size=50",
+            *FAST_EVALUATION,
             *overrides,
         ],
         capture_output=True,

@@ -12,7 +12,6 @@ import csv
 import json
 import logging
 import math
-import re
 import statistics
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from hydra.utils import instantiate
 
 from vae_lab import evaluate, plots
 from vae_lab.errors import VaeLabError
-from vae_lab.runs import CONFIG_FILE, SUMMARY_FILE, load_run, read_metrics
+from vae_lab.runs import SUMMARY_FILE, find_runs, load_run, read_metrics
 
 log = logging.getLogger("vae_lab.compare")
 HIDDEN_OVERRIDES = {"data.root", "trainer.progress", "device"}  # where and how, not what, was run
@@ -42,20 +41,6 @@ class RunRow:
     status: str
     error: str
     metrics: dict[str, float | None]
-
-
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
-def find_runs(folders: list[Path]) -> list[Path]:
-    """Give back every run folder below the given folders (a run folder itself counts), in job order."""
-    runs = set()
-    for folder in folders:
-        if (folder / CONFIG_FILE).is_file():
-            runs.add(folder)
-        runs.update(config.parent.parent for config in folder.rglob(str(CONFIG_FILE)))
-    return sorted(runs, key=_natural_key)
 
 
 def read_overrides(run_dir: Path) -> dict[str, str]:

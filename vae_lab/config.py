@@ -46,12 +46,32 @@ class TrainerSchema:
 
 
 @dataclass
+class ClassifierSchema:
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass
+class EvaluationSchema:
+    enabled: bool = True  # the metrics of vae_lab/metrics.py after training, into summary.json
+    iwae_k: int = 100  # importance samples per image; nested bounds at K = 1, 10, 100 from the same draws
+    iwae_images: int = 1000  # a fixed, class-stratified subset of the test split
+    mi_images: int = 1000  # images for the mutual information estimate
+    knn_k: int = 5
+    prior_samples: int = 10000  # decoded draws from N(0, I) judged by the classifier
+    classifier: ClassifierSchema = field(default_factory=ClassifierSchema)
+
+
+@dataclass
 class Config:
     data: DataSchema = field(default_factory=DataSchema)
     model: ModelSchema = field(default_factory=ModelSchema)
     loss: Any = MISSING
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    evaluation: EvaluationSchema = field(default_factory=EvaluationSchema)
     seed: int = 0
     device: str = "auto"
 
@@ -100,6 +120,12 @@ RULES = {
     "loss.recon_weight": (_non_negative_number, "a non-negative, finite number"),
     "loss.kl_weight": (_non_negative_number, "a non-negative, finite number"),
     "data.limit": (_optional_positive_int, "a positive integer, or null for the whole training split"),
+    "evaluation.iwae_k": (_positive_int, "a positive integer"),
+    "evaluation.iwae_images": (_positive_int, "a positive integer"),
+    "evaluation.mi_images": (_positive_int, "a positive integer"),
+    "evaluation.knn_k": (_positive_int, "a positive integer"),
+    "evaluation.prior_samples": (_positive_int, "a positive integer"),
+    "evaluation.classifier.epochs": (_positive_int, "a positive integer"),
     "seed": (_is_int, "an integer"),
     "device": (_device_name, "one of auto, cpu, cuda or cuda:N"),
 }

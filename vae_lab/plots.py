@@ -223,3 +223,20 @@ def plot_metric_against_key(
     figure.suptitle(f"final test metrics against {key}")
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_class_histograms(
+    histograms: dict[str, torch.Tensor], class_names: Sequence[str], path: Path
+) -> Path:
+    """The classifier's predicted-class shares of decoded samples, one bar group per sampling scheme."""
+    figure, axis = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(histograms)
+    positions = np.arange(len(class_names))
+    for index, (name, shares) in enumerate(histograms.items()):
+        axis.bar(positions + index * width, shares.cpu().numpy(), width, label=name)
+    axis.axhline(1 / len(class_names), color="grey", linestyle="--", linewidth=1, label="uniform")
+    axis.set_xticks(positions + width * (len(histograms) - 1) / 2, class_names)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("share of decoded samples")
+    axis.legend(fontsize=8)
+    return _save(figure, path)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 
 
-def _write_atomically(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a kill never leaves half a file."""
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -38,7 +39,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
             json.dump(data, file, indent=2)
             file.write("\n")
 
-    _write_atomically(path, write)
+    write_atomically(path, write)
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -54,12 +55,26 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    _write_atomically(Path(run_dir) / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary))
+    write_atomically(Path(run_dir) / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary))
 
 
 def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     # weights_only: no code runs from a checkpoint file
     return torch.load(Path(run_dir) / CHECKPOINT_FILE, map_location=map_location, weights_only=True)
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def find_runs(folders: list[Path]) -> list[Path]:
+    """Give back every run folder below the given folders (a run folder itself counts), in job order."""
+    runs = set()
+    for folder in folders:
+        if (folder / CONFIG_FILE).is_file():
+            runs.add(folder)
+        runs.update(config.parent.parent for config in folder.rglob(str(CONFIG_FILE)))
+    return sorted(runs, key=_natural_key)
 
 
 @dataclass

@@ -194,6 +194,14 @@ def run(cfg: DictConfig, run_dir: Path, parallel_jobs: int = 1) -> dict[str, Any
     )
     last = fit(cfg, model, loss, optimizer, data, run_dir)
     figures = draw_figures(model, data, run_dir, cfg.seed)
+    summary_metrics = None
+    if cfg.evaluation.enabled:
+        log.info("evaluating on the test split (README: Metrics)")
+        summary_metrics, evaluation_figures = evaluate.evaluate_and_draw(
+            model, data, cfg.evaluation, cfg.seed, cfg.data.root, run_dir, cfg.trainer.progress
+        )
+        figures += evaluation_figures
+        log.info(evaluate.one_line(summary_metrics))
     summary = {
         "status": "completed",
         "epochs": last["epoch"],
@@ -206,6 +214,7 @@ def run(cfg: DictConfig, run_dir: Path, parallel_jobs: int = 1) -> dict[str, Any
         "threads": torch.get_num_threads(),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "figures": figures,
+        "metrics": summary_metrics,
     }
     write_json(run_dir / "summary.json", summary)
     return summary

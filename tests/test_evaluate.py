@@ -1,0 +1,97 @@
+"""Every run's metrics in summary.json, and `python -m vae_lab.evaluate` on an existing folder."""
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST_EVALUATION, python, write_fake_mnist
+from vae_lab.compare import flatten_numbers
+from vae_lab.evaluate import main as evaluate_main
+
+BASE = ["trainer.epochs=2", "trainer.batch_size=32", "trainer.progress=false", *FAST_EVALUATION]
+
+
+def train(run_dir: Path, root: Path, *overrides: str) -> dict:
+    result = subprocess.run(
+        [python(), "-m", "vae_lab.train", f"data.root={root}", f"hydra.run.dir={run_dir}", *BASE, *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_fake_mnist(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def vae_summary(tmp_path_factory, data_root):
+    run_dir = tmp_path_factory.mktemp("runs") / "vae"
+    return run_dir, train(run_dir, data_root, "model=mlp_vae")
+
+
+def test_a_vae_run_logs_every_metric(vae_summary):
+    run_dir, summary = vae_summary
+    metrics = summary["metrics"]
+    assert set(metrics) >= {"likelihood", "iwae", "latent", "separability", "prior_samples", "classifier"}
+    assert metrics["likelihood"]["negative_elbo"] == pytest.approx(summary["test"]["total"], rel=1e-6)
+    assert 0 < metrics["likelihood"]["bce_floor"] < metrics["likelihood"]["recon"]
+    assert metrics["iwae"]["nll_k10"] <= metrics["iwae"]["nll_k1"]
+    assert 40 <= metrics["iwae"]["images"] <= 50  # 5 per class; the tiny test split lacks a few
+    assert len(metrics["latent"]["kl_per_dim"]) == 2 and 0 <= metrics["latent"]["active_units"] <= 2
+    assert 0 <= metrics["separability"]["knn_accuracy"] <= 1
+    assert 1 <= metrics["prior_samples"]["inception_score"] <= 10
+    assert 0 < metrics["evaluation_s"] < summary["wall_time_s"]
+    for name in ("class_histogram.png", "interpolation.png"):
+        assert name in summary["figures"] and (run_dir / name).is_file()
+
+
+def test_an_autoencoder_gets_fitted_gaussian_samples_and_traversals(tmp_path, data_root):
+    summary = train(tmp_path / "ae", data_root, "model=mlp_ae", "loss=recon", "model.latent_dim=3")
+    metrics = summary["metrics"]
+    assert "iwae" not in metrics and metrics["likelihood"]["negative_elbo"] is None
+    assert set(metrics["fitted_gaussian_samples"]) == set(metrics["prior_samples"])
+    assert "traversal.png" in summary["figures"] and (tmp_path / "ae" / "traversal.png").is_file()
+
+
+def _digests(run_dir: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(run_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in run_dir.rglob("*")
+        if path.is_file() and path.name != "summary.json"
+    }
+
+
+def test_evaluate_adds_the_metrics_to_an_existing_run_and_rewrites_nothing_else(tmp_path, data_root):
+    run_dir = tmp_path / "plain"
+    summary = train(run_dir, data_root, "model=mlp_vae", "evaluation.enabled=false")
+    assert summary["metrics"] is None
+    before = _digests(run_dir)
+    assert evaluate_main([str(tmp_path)]) == 0
+    after = json.loads((run_dir / "summary.json").read_text())
+    assert after["test"] == summary["test"] and after["status"] == "completed"
+    assert after["metrics"]["iwae"]["nll_k1"] > 0
+    changed = {name for name, digest in _digests(run_dir).items() if before.get(name) != digest}
+    assert changed == {"class_histogram.png", "interpolation.png"}  # new figures only
+
+
+def test_evaluate_gives_the_same_numbers_as_the_run_did(vae_summary):
+    run_dir, summary = vae_summary
+    assert evaluate_main([str(run_dir)]) == 0
+    again = flatten_numbers(json.loads((run_dir / "summary.json").read_text())["metrics"])
+    before = flatten_numbers(summary["metrics"])
+    before.pop("evaluation_s")
+    assert {key: again[key] for key in before} == pytest.approx(before, rel=1e-5)
+    kl_per_dim = json.loads((run_dir / "summary.json").read_text())["metrics"]["latent"]["kl_per_dim"]
+    assert kl_per_dim == pytest.approx(summary["metrics"]["latent"]["kl_per_dim"], rel=1e-5)
+
+
+def test_evaluate_on_a_folder_without_runs_says_so(tmp_path, capsys):
+    assert evaluate_main([str(tmp_path)]) == 2
+    assert "no runs under" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""A small MNIST classifier that vae_lab trains itself, to judge decoded samples.
+
+    python -m vae_lab.classifier            # train it (or find it cached) and print its test accuracy
+
+It is cached under <data root>/classifiers/, named by a checksum of its settings and of the
+training images, and reused by every run's evaluation.
+"""
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from vae_lab.data import ImageData, in_order, resolve_root, shuffled_batches, to_float
+from vae_lab.runs import write_atomically
+
+log = logging.getLogger("vae_lab.classifier")
+
+
+class DigitClassifier(nn.Module):
+    """Two conv blocks and a 128-unit layer whose activations are the features for Frechet distances."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, classes: int = 10):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 64, 7, 7)
+            nn.Flatten(),
+            nn.Linear(64 * (image_size // 4) ** 2, 128),
+            nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(128, classes))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(images))
+
+
+@torch.no_grad()
+def classify(classifier: DigitClassifier, images: torch.Tensor, batch_size: int = 1000):
+    """Give back (p(y|x) (N, C), features (N, 128)) for float images in [0, 1]."""
+    classifier.eval()
+    probabilities, features = [], []
+    for batch in in_order(len(images), batch_size):
+        hidden = classifier.features(images[batch])
+        features.append(hidden)
+        probabilities.append(classifier.head(hidden).softmax(1))
+    return torch.cat(probabilities), torch.cat(features)
+
+
+def accuracy(classifier: DigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    probabilities, _ = classify(classifier, to_float(images))
+    return (probabilities.argmax(1) == labels).double().mean().item()
+
+
+def train_classifier(
+    data: ImageData, epochs: int, batch_size: int, lr: float, seed: int, progress: bool = True
+):
+    """Give back a classifier trained on the training split, and its test accuracy."""
+    torch.manual_seed(seed)
+    classifier = DigitClassifier(data.image_shape[0], data.image_shape[1], len(data.class_names))
+    classifier.to(data.train_images.device)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(1, epochs + 1):
+        classifier.train()
+        batches = shuffled_batches(len(data.train_images), batch_size, generator, data.train_images.device)
+        for indices in tqdm(
+            list(batches),
+            desc=f"classifier epoch {epoch}/{epochs}",
+            leave=False,
+            disable=None if progress else True,
+        ):
+            loss = nn.functional.cross_entropy(
+                classifier(to_float(data.train_images[indices])), data.train_labels[indices]
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return classifier, accuracy(classifier, data.test_images, data.test_labels)
+
+
+def cache_path(data: ImageData, data_root: str, settings: dict) -> Path:
+    """Give back where the classifier for these settings and training images lives."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(data.train_images.cpu().numpy().tobytes())
+    digest.update(data.train_labels.cpu().numpy().tobytes())
+    return resolve_root(data_root) / "classifiers" / f"digit_classifier-{digest.hexdigest()[:16]}.pt"
+
+
+def load_or_train(data: ImageData, data_root: str, settings: DictConfig | dict, progress: bool = True):
+    """Give back (classifier, its test accuracy, cache file), training it only when not cached."""
+    settings = OmegaConf.to_container(settings) if isinstance(settings, DictConfig) else dict(settings)
+    path = cache_path(data, data_root, settings)
+    classifier = DigitClassifier(data.image_shape[0], data.image_shape[1], len(data.class_names))
+    if path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        classifier.load_state_dict(state["model"])
+        return classifier.to(data.train_images.device).eval(), state["test_accuracy"], path
+    log.info(f"training the digit classifier for sample metrics ({settings}); cached at {path}")
+    classifier, test_accuracy = train_classifier(data, progress=progress, **settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(
+        path,
+        lambda tmp: torch.save(
+            {"model": classifier.state_dict(), "test_accuracy": test_accuracy, "settings": settings}, tmp
+        ),
+    )
+    log.info(f"digit classifier test accuracy {test_accuracy:.4f}")
+    return classifier.eval(), test_accuracy, path
