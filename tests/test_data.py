@@ -77,3 +77,18 @@ def test_batches_cover_every_image_once_per_epoch():
 def test_to_float_maps_uint8_onto_the_unit_interval():
     pixels = torch.tensor([0, 51, 255], dtype=torch.uint8)
     assert torch.allclose(to_float(pixels), torch.tensor([0.0, 0.2, 1.0]))
+
+
+def test_dynamic_binarisation_draws_training_pixels_afresh_and_fixes_the_test_split(fake_mnist_root):
+    grey = load_mnist(str(fake_mnist_root), download=False)
+    data = load_mnist(str(fake_mnist_root), download=False, binarize="dynamic")
+    assert set(data.test_images.unique().tolist()) <= {0, 255}
+    again = load_mnist(str(fake_mnist_root), download=False, binarize="dynamic")
+    assert torch.equal(data.test_images, again.test_images)  # binarised once, with a fixed seed
+    assert torch.equal(data.train_images, grey.train_images)  # kept grey: drawn per batch
+    indices = torch.arange(256)
+    first, second = data.train_batch(indices), data.train_batch(indices)
+    assert set(first.unique().tolist()) <= {0.0, 1.0} and not torch.equal(first, second)
+    draws = torch.stack([data.train_batch(indices) for _ in range(200)]).mean(0)
+    assert torch.allclose(draws, grey.train_batch(indices), atol=0.15)  # E[Bernoulli(x)] = x
+    assert torch.equal(grey.train_batch(indices), to_float(grey.train_images))

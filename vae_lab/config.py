@@ -11,6 +11,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from vae_lab.data import BINARIZE_CHOICES
 from vae_lab.errors import ConfigError
 
 
@@ -20,6 +21,7 @@ class DataSchema:
     root: str = "data"
     limit: Optional[int] = None  # train on the first N training images
     download: bool = True
+    binarize: str = "none"  # none, or dynamic (Bernoulli-sampled pixels, the binarised-MNIST literature)
 
 
 @dataclass
@@ -126,6 +128,7 @@ RULES = {
     "evaluation.knn_k": (_positive_int, "a positive integer"),
     "evaluation.prior_samples": (_positive_int, "a positive integer"),
     "evaluation.classifier.epochs": (_positive_int, "a positive integer"),
+    "data.binarize": (lambda value: value in BINARIZE_CHOICES, f"one of {', '.join(BINARIZE_CHOICES)}"),
     "seed": (_is_int, "an integer"),
     "device": (_device_name, "one of auto, cpu, cuda or cuda:N"),
 }

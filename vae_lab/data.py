@@ -28,6 +28,7 @@ class ImageData:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     class_names: list[str]
+    dynamic_binarization: bool = False  # draw training pixels from Bernoulli(x) afresh at every batch
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -40,7 +41,13 @@ class ImageData:
             self.test_images.to(device),
             self.test_labels.to(device),
             self.class_names,
+            self.dynamic_binarization,
         )
+
+    def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """Give back training images at `indices` as floats in [0, 1]; binary under dynamic binarisation."""
+        images = to_float(self.train_images[indices])
+        return torch.bernoulli(images) if self.dynamic_binarization else images
 
 
 def resolve_root(root: str) -> Path:
@@ -48,8 +55,23 @@ def resolve_root(root: str) -> Path:
     return Path(os.environ.get("VAE_LAB_DATA", root)).expanduser()
 
 
-def load_mnist(root: str = "data", limit: Optional[int] = None, download: bool = True) -> ImageData:
-    """Give back MNIST through torchvision, downloading it into `root` when it is missing."""
+BINARIZE_CHOICES = ("none", "dynamic")
+
+
+def binarize_once(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Give back uint8 images with each pixel drawn once from Bernoulli(x / 255), as 0 or 255."""
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.bernoulli(to_float(images), generator=generator) * 255).to(torch.uint8)
+
+
+def load_mnist(
+    root: str = "data", limit: Optional[int] = None, download: bool = True, binarize: str = "none"
+) -> ImageData:
+    """Give back MNIST through torchvision, downloading it into `root` when it is missing.
+
+    binarize="dynamic" (the binarised-MNIST literature's variant): training pixels are drawn from
+    Bernoulli(x) afresh at every batch, and the test split is binarised once with a fixed seed.
+    """
     root_path = resolve_root(root)
     raw = root_path / "MNIST" / "raw"
     try:
@@ -68,12 +90,14 @@ def load_mnist(root: str = "data", limit: Optional[int] = None, download: bool =
     train_images, train_labels = train.data, train.targets
     if limit is not None:
         train_images, train_labels = train_images[:limit], train_labels[:limit]
+    test_images = test.data.unsqueeze(1).contiguous()  # (N, 28, 28) -> (N, 1, 28, 28)
     return ImageData(
-        train_images=train_images.unsqueeze(1).contiguous(),  # (N, 28, 28) -> (N, 1, 28, 28)
+        train_images=train_images.unsqueeze(1).contiguous(),
         train_labels=train_labels.long(),
-        test_images=test.data.unsqueeze(1).contiguous(),
+        test_images=binarize_once(test_images) if binarize == "dynamic" else test_images,
         test_labels=test.targets.long(),
         class_names=[str(digit) for digit in range(10)],
+        dynamic_binarization=binarize == "dynamic",
     )
 
 

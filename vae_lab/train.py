@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vae_lab import evaluate, plots
 from vae_lab.config import check_config, register_schemas
-from vae_lab.data import ImageData, shuffled_batches, to_float
+from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import ConfigError, VaeLabError
 from vae_lab.runs import append_metrics, save_checkpoint, write_json
 
@@ -67,9 +67,12 @@ def build(cfg: DictConfig, device: torch.device):
     return model, loss, optimizer
 
 
-def train_epoch(model, loss, optimizer, images, batch_size, generator, desc, progress) -> dict[str, float]:
+def train_epoch(
+    model, loss, optimizer, data: ImageData, batch_size, generator, desc, progress
+) -> dict[str, float]:
     """Run one pass over the training images; give back mean total, recon and KL in nats per image."""
     model.train()
+    images = data.train_images
     sums = torch.zeros(3, device=images.device)  # total, recon, kl: kept on the device, no sync per step
     has_kl = False
     batches = shuffled_batches(len(images), batch_size, generator, images.device)
@@ -77,7 +80,7 @@ def train_epoch(model, loss, optimizer, images, batch_size, generator, desc, pro
     for indices in tqdm(
         batches, total=num_batches, desc=desc, leave=False, disable=None if progress else True
     ):
-        x = to_float(images[indices])
+        x = data.train_batch(indices)
         parts = loss(model(x), x)
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
@@ -105,7 +108,7 @@ def fit(cfg, model, loss, optimizer, data: ImageData, run_dir: Path) -> dict[str
             model,
             loss,
             optimizer,
-            data.train_images,
+            data,
             cfg.trainer.batch_size,
             generator,
             desc=f"epoch {epoch}/{epochs}",
