@@ -95,3 +95,28 @@ def test_evaluate_gives_the_same_numbers_as_the_run_did(vae_summary):
 def test_evaluate_on_a_folder_without_runs_says_so(tmp_path, capsys):
     assert evaluate_main([str(tmp_path)]) == 2
     assert "no runs under" in capsys.readouterr().err
+
+
+def test_the_classifier_command_trains_once_then_reuses_its_cache(tmp_path):
+    root = write_fake_mnist(tmp_path / "data")
+    command = [
+        python(),
+        "-m",
+        "vae_lab.classifier",
+        f"data.root={root}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "evaluation.classifier.epochs=1",
+        "trainer.progress=false",
+    ]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "training the digit classifier" in first.stdout and "test accuracy" in first.stdout
+    cached = list((root / "classifiers").glob("digit_classifier-*.pt"))
+    assert len(cached) == 1
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert "training the digit classifier" not in second.stdout and str(cached[0]) in second.stdout
+    changed = subprocess.run(
+        [*command, "evaluation.classifier.epochs=2"], capture_output=True, text=True, timeout=300
+    )
+    assert "training the digit classifier" in changed.stdout  # other settings, other checksum
+    assert len(list((root / "classifiers").glob("digit_classifier-*.pt"))) == 2

@@ -1,6 +1,8 @@
 """A small MNIST classifier that vae_lab trains itself, to judge decoded samples.
 
-    python -m vae_lab.classifier            # train it (or find it cached) and print its test accuracy
+    python -m vae_lab.classifier [data.root=... evaluation.classifier.epochs=...]
+
+trains it (or finds it cached) and logs its test accuracy.
 
 It is cached under <data root>/classifiers/, named by a checksum of its settings and of the
 training images, and reused by every run's evaluation.
@@ -11,15 +13,20 @@ import json
 import logging
 from pathlib import Path
 
+import hydra
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from vae_lab.config import register_schemas
 from vae_lab.data import ImageData, in_order, resolve_root, shuffled_batches, to_float
+from vae_lab.errors import VaeLabError
 from vae_lab.runs import write_atomically
 
 log = logging.getLogger("vae_lab.classifier")
+register_schemas()
 
 
 class DigitClassifier(nn.Module):
@@ -119,3 +126,27 @@ def load_or_train(data: ImageData, data_root: str, settings: DictConfig | dict, 
     )
     log.info(f"digit classifier test accuracy {test_accuracy:.4f}")
     return classifier.eval(), test_accuracy, path
+
+
+@hydra.main(
+    config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="config", version_base="1.3"
+)
+def main(cfg: DictConfig) -> None:
+    """Train (or find cached) the classifier for cfg.data with cfg.evaluation.classifier; log its accuracy."""
+    try:
+        data = instantiate(cfg.data).to(
+            torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+        )
+    except VaeLabError as error:
+        log.error(str(error))
+        raise SystemExit(1) from None
+    _, test_accuracy, path = load_or_train(
+        data, cfg.data.root, cfg.evaluation.classifier, cfg.trainer.progress
+    )
+    log.info(
+        f"digit classifier: test accuracy {test_accuracy:.4f} ({len(data.test_images)} test images), {path}"
+    )
+
+
+if __name__ == "__main__":
+    main()

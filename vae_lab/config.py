@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -142,3 +143,14 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not is_valid(value):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}.")
+
+
+def resolve_device(name: str) -> torch.device:
+    """Give back the torch device for `auto`, `cpu`, `cuda` or `cuda:N`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={name!r} was asked for, but torch sees no CUDA device: use device=cpu or auto."
+        )
+    return torch.device(name)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from vae_lab import evaluate, plots
-from vae_lab.config import check_config, register_schemas
+from vae_lab.config import check_config, register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import ConfigError, VaeLabError
 from vae_lab.runs import append_metrics, save_checkpoint, write_json
@@ -31,17 +31,6 @@ from vae_lab.runs import append_metrics, save_checkpoint, write_json
 log = logging.getLogger("vae_lab")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # absolute: works from any module or folder
 register_schemas()
-
-
-def resolve_device(name: str) -> torch.device:
-    """Give back the torch device for `auto`, `cpu`, `cuda` or `cuda:N`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name!r} was asked for, but torch sees no CUDA device: use device=cpu or auto."
-        )
-    return torch.device(name)
 
 
 def _instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
