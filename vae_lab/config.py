@@ -37,6 +37,8 @@ class ModelSchema:
 class OptimizerSchema:
     _target_: str = "torch.optim.Adam"
     lr: float = 1e-3
+    foreach: Optional[bool] = None  # torch's multi-tensor update; None lets torch choose
+    fused: Optional[bool] = None  # one fused kernel for the whole update (CPU and CUDA)
 
 
 @dataclass
@@ -46,6 +48,8 @@ class TrainerSchema:
     eval_batch_size: int = 1000
     threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
     progress: bool = True  # a tqdm bar per epoch
+    channels_last: bool = True  # NHWC memory format for conv models: faster convolutions on CPU
+    compile: bool = False  # torch.compile the training forward pass (its compile time counts in the run)
 
 
 @dataclass

@@ -45,6 +45,8 @@ def _instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
 def build(cfg: DictConfig, device: torch.device):
     """Give back (model, loss, optimizer) built from their configs, after checking they fit together."""
     model = _instantiate(cfg.model, "model").to(device)
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)  # conv weights in NHWC, like the batches
     loss = _instantiate(cfg.loss, "loss")
     if loss.requires_posterior and not model.is_variational:
         raise ConfigError(
@@ -56,8 +58,25 @@ def build(cfg: DictConfig, device: torch.device):
     return model, loss, optimizer
 
 
+def train_step(model, loss, optimizer, x: torch.Tensor):
+    """One optimisation step on the batch x; give back the loss's parts."""
+    parts = loss(model(x), x)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    optimizer.step()
+    return parts
+
+
 def train_epoch(
-    model, loss, optimizer, data: ImageData, batch_size, generator, desc, progress
+    model,
+    loss,
+    optimizer,
+    data: ImageData,
+    batch_size,
+    generator,
+    desc,
+    progress,
+    memory_format=torch.contiguous_format,
 ) -> dict[str, float]:
     """Run one pass over the training images; give back mean total, recon and KL in nats per image."""
     model.train()
@@ -69,11 +88,8 @@ def train_epoch(
     for indices in tqdm(
         batches, total=num_batches, desc=desc, leave=False, disable=None if progress else True
     ):
-        x = data.train_batch(indices)
-        parts = loss(model(x), x)
-        optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        optimizer.step()
+        x = data.train_batch(indices).contiguous(memory_format=memory_format)
+        parts = train_step(model, loss, optimizer, x)
         kl = parts.kl.detach() if parts.kl is not None else torch.zeros((), device=x.device)
         has_kl = parts.kl is not None
         sums += torch.stack([parts.total.detach(), parts.recon.detach(), kl]) * len(x)
@@ -89,12 +105,14 @@ def _format(numbers: dict[str, float | None]) -> str:
 def fit(cfg, model, loss, optimizer, data: ImageData, run_dir: Path) -> dict[str, Any]:
     """Train for cfg.trainer.epochs, logging each epoch; give back the last epoch's record."""
     generator = torch.Generator().manual_seed(cfg.seed)  # the order of the training images
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    forward_model = torch.compile(model) if cfg.trainer.compile else model  # shares model's parameters
     epochs = cfg.trainer.epochs
     record: dict[str, Any] = {}
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         train = train_epoch(
-            model,
+            forward_model,
             loss,
             optimizer,
             data,
@@ -102,6 +120,7 @@ def fit(cfg, model, loss, optimizer, data: ImageData, run_dir: Path) -> dict[str
             generator,
             desc=f"epoch {epoch}/{epochs}",
             progress=cfg.trainer.progress,
+            memory_format=memory_format,
         )
         train_s = time.perf_counter() - start
         test = evaluate.evaluate_loss(model, loss, data.test_images, cfg.trainer.eval_batch_size, cfg.seed)

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vae_lab.models.layers import FastDropout
+
 
 def _same_size(size: int, stride: int) -> int:
     """Spatial size after a 3x3 conv with padding 1 (Keras 'same')."""
@@ -16,6 +18,7 @@ class ConvEncoder(nn.Module):
 
     Each block is conv, ReLU and, for the article's VAE, BatchNorm and Dropout: in the article's
     Keras code the activation sits inside the conv, so it comes before the BatchNorm.
+    fast_dropout draws the dropout masks with torch.rand (the same dropout, faster on CPU).
     """
 
     def __init__(
@@ -26,6 +29,7 @@ class ConvEncoder(nn.Module):
         strides: Sequence[int] = (1, 2, 2, 1),
         batch_norm: bool = False,
         dropout: float = 0.0,
+        fast_dropout: bool = True,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -35,7 +39,7 @@ class ConvEncoder(nn.Module):
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(FastDropout(dropout) if fast_dropout else nn.Dropout(dropout))
             size, previous = _same_size(size, stride), out_channels
         self.body = nn.Sequential(*layers, nn.Flatten())
         self.feature_dim = previous * size * size

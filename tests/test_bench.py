@@ -1,0 +1,79 @@
+"""The benchmark's own code on tiny sizes, and each speed option against the default path."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from tests.conftest import python
+from vae_lab.models import FastDropout
+
+
+def test_fast_dropout_keeps_one_minus_p_and_rescales():
+    torch.manual_seed(0)
+    layer = FastDropout(0.3).train()
+    out = layer(torch.ones(200_000))
+    kept = out != 0
+    assert kept.double().mean().item() == pytest.approx(0.7, abs=0.005)
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    assert out.mean().item() == pytest.approx(1.0, abs=0.01)  # the expectation is unchanged
+    x = torch.randn(10, 5)
+    assert torch.equal(layer.eval()(x), x)
+    with pytest.raises(ValueError, match="dropout probability"):
+        FastDropout(1.0)
+
+
+def test_fast_dropout_gradient_flows_through_kept_units_only():
+    layer = FastDropout(0.5).train()
+    x = torch.ones(1000, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # d out / d x is the mask itself: 0 or 1/(1-p)
+
+
+def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_path, fake_mnist_root):
+    report_path = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            python(),
+            "-m",
+            "vae_lab.bench",
+            "--data-root",
+            str(fake_mnist_root),
+            "--rounds",
+            "2",
+            "--window-steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--batch-size",
+            "16",
+            "--no-compile",
+            "--json",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert {
+        "plain",
+        "vae_lab",
+        "vae_lab, options off",
+        "options off + channels_last",
+        "options off + fast dropout",
+        "options off + fused Adam",
+    } == set(report["variants"])
+    for row in report["variants"].values():
+        assert len(row["windows_images_per_s"]) == 2 and row["images_per_s"] > 0
+        assert row["gflops_per_s"] == pytest.approx(row["images_per_s"] * report["flops_per_image"] / 1e9)
+    assert report["ratio"] == report["variants"]["vae_lab"]["ratio_to_plain"] > 0
+    assert report["variants"]["plain"]["ratio_to_plain"] == 1.0
+    # forward and backward of the article's VAE: about 89 MFLOP per image, counted by torch
+    assert 80e6 < report["flops_per_image"] < 100e6
+    assert report["matmul_peak_gflops"] > 0 and report["peak_rss_mib"] > 0
+    assert report["startup_to_first_step_s"] > 0
+    assert "| vae_lab |" in result.stdout and "x plain" in result.stdout

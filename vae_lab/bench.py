@@ -1,0 +1,268 @@
+"""Training speed of vae_lab against a plain PyTorch loop, measured side by side in one process.
+
+    python -m vae_lab.bench [--data-root data] [--rounds 7] [--window-steps 20] [--json PATH]
+
+The plain loop (benchmarks/plain_vae.py) and vae_lab's training path with its defaults, and with
+each speed option on its own, take turns in short timed windows after a warm-up, so that drift on
+a shared machine hits every variant alike; each variant's speed is the median of its windows.
+"""
+
+import argparse
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch.utils.flop_counter import FlopCounterMode
+
+from vae_lab.config import register_schemas, resolve_device
+from vae_lab.data import ImageData, shuffled_batches
+from vae_lab.train import CONF_DIR, build, train_step
+
+PLAIN_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "plain_vae.py"
+# every speed option off: vae_lab's data path alone; each option is then added on its own
+OPTIONS_OFF = ["trainer.channels_last=false", "model.encoder.fast_dropout=false", "optimizer.fused=false"]
+OPTIONS = {
+    "channels_last": "trainer.channels_last=true",
+    "fast dropout": "model.encoder.fast_dropout=true",
+    "fused Adam": "optimizer.fused=true",
+    "compile": "trainer.compile=true",
+}
+
+
+def load_plain_module():
+    spec = importlib.util.spec_from_file_location("plain_vae", PLAIN_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compose_config(overrides: list[str]):
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=["experiment=article_vae", *overrides])
+
+
+class LabTrainer:
+    """vae_lab's own training path (build, device-resident data, train_step) run a few steps at a time."""
+
+    def __init__(self, overrides: list[str], data: ImageData, batch_size: int, device: torch.device):
+        cfg = compose_config([*overrides, f"trainer.batch_size={batch_size}"])
+        self.model, self.loss, self.optimizer = build(cfg, device)
+        self.forward_model = torch.compile(self.model) if cfg.trainer.compile else self.model
+        self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+        self.data, self.batch_size = data, batch_size
+        self.generator = torch.Generator().manual_seed(0)
+        self.batches = iter(())
+
+    def steps(self, count: int) -> int:
+        self.forward_model.train()
+        images = 0
+        for _ in range(count):
+            indices = next(self.batches, None)
+            if indices is None:
+                self.batches = shuffled_batches(
+                    len(self.data.train_images),
+                    self.batch_size,
+                    self.generator,
+                    self.data.train_images.device,
+                )
+                indices = next(self.batches)
+            x = self.data.train_batch(indices).contiguous(memory_format=self.memory_format)
+            train_step(self.forward_model, self.loss, self.optimizer, x)
+            images += len(x)
+        return images
+
+
+def flops_per_image(plain, batch_size: int, device: torch.device) -> float:
+    """Count the FLOPs of one training step (forward and backward) of the article's VAE, per image."""
+    model = plain.PlainVAE().to(device)
+    x = torch.rand(batch_size, 1, 28, 28, device=device)
+    with FlopCounterMode(display=False) as counter:
+        logits, mu, log_var = model(x)
+        plain.loss_function(logits, x, mu, log_var).backward()
+    return counter.get_total_flops() / batch_size
+
+
+def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """Give back the best fp32 matmul speed of this machine, in GFLOP/s."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def startup_seconds(data_root: str, device: str) -> float:
+    """Give back the seconds from starting a fresh process to the end of its first vae_lab training step."""
+    start = time.perf_counter()
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vae_lab.bench",
+            "--startup-probe",
+            "--data-root",
+            data_root,
+            "--device",
+            device,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if child.returncode != 0 or "first step done" not in child.stdout:
+        raise RuntimeError(f"the startup probe failed: {child.stderr[-1000:]}")
+    return time.perf_counter() - start
+
+
+def startup_probe(data_root: str, device: str) -> None:
+    """What a training run does before its first step: compose, build, load the data, step once."""
+    cfg = compose_config([f"data.root={data_root}", f"device={device}"])
+    device = resolve_device(cfg.device)
+    model, loss, optimizer = build(cfg, device)
+    data = instantiate(cfg.data).to(device)
+    indices = next(
+        shuffled_batches(len(data.train_images), cfg.trainer.batch_size, torch.Generator(), device)
+    )
+    train_step(
+        model, loss, optimizer, data.train_batch(indices).contiguous(memory_format=torch.channels_last)
+    )
+    print("first step done", flush=True)
+
+
+def run_benchmark(
+    data_root: str,
+    device: str = "cpu",
+    batch_size: int = 128,
+    warmup_steps: int = 5,
+    window_steps: int = 20,
+    rounds: int = 7,
+    with_compile: bool = True,
+) -> dict:
+    """Measure every variant in interleaved windows; give back the numbers (see the module docstring)."""
+    torch_device = resolve_device(device)
+    plain = load_plain_module()
+    data = instantiate(compose_config([f"data.root={data_root}"]).data).to(torch_device)
+    variants = {
+        "plain": plain.PlainTrainer(data_root, batch_size, str(torch_device)),
+        "vae_lab": LabTrainer([], data, batch_size, torch_device),
+        "vae_lab, options off": LabTrainer(OPTIONS_OFF, data, batch_size, torch_device),
+    }
+    for name, override in OPTIONS.items():
+        if name != "compile" or with_compile:
+            variants[f"options off + {name}"] = LabTrainer(
+                [*OPTIONS_OFF, override], data, batch_size, torch_device
+            )
+    warmup_s = {}
+    for name, trainer in variants.items():
+        start = time.perf_counter()
+        trainer.steps(warmup_steps)  # includes compile time for the compiled variant
+        warmup_s[name] = time.perf_counter() - start
+    speeds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, trainer in variants.items():
+            if torch_device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            images = trainer.steps(window_steps)
+            if torch_device.type == "cuda":
+                torch.cuda.synchronize()
+            speeds[name].append(images / (time.perf_counter() - start))
+    flops = flops_per_image(plain, batch_size, torch_device)
+    peak = matmul_peak_gflops(torch_device)
+    results = {}
+    for name, samples in speeds.items():
+        median = statistics.median(samples)
+        results[name] = {
+            "images_per_s": median,
+            "windows_images_per_s": samples,
+            "ratio_to_plain": median / statistics.median(speeds["plain"]),
+            "gflops_per_s": median * flops / 1e9,
+            "share_of_matmul_peak": median * flops / 1e9 / peak,
+            "warmup_s": warmup_s[name],
+        }
+    return {
+        "device": str(torch_device),
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "window_steps": window_steps,
+        "rounds": rounds,
+        "flops_per_image": flops,
+        "matmul_peak_gflops": peak,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "startup_to_first_step_s": startup_seconds(data_root, device),
+        "variants": results,
+        "ratio": results["vae_lab"]["ratio_to_plain"],
+    }
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        f"device {report['device']}, {report['threads']} threads, batch {report['batch_size']}, "
+        f"median of {report['rounds']} interleaved windows of {report['window_steps']} steps",
+        f"{report['flops_per_image'] / 1e6:.1f} MFLOP per training image; fp32 matmul peak "
+        f"{report['matmul_peak_gflops']:.0f} GFLOP/s",
+        "",
+        "| variant | images/s | x plain | GFLOP/s | share of matmul peak | warm-up s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in report["variants"].items():
+        lines.append(
+            f"| {name} | {row['images_per_s']:.0f} | {row['ratio_to_plain']:.2f} | "
+            f"{row['gflops_per_s']:.1f} | {row['share_of_matmul_peak']:.0%} | {row['warmup_s']:.1f} |"
+        )
+    lines += [
+        "",
+        f"peak resident memory (whole benchmark process): {report['peak_rss_mib']:.0f} MiB",
+        f"process start to first vae_lab training step: {report['startup_to_first_step_s']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vae_lab.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--warmup-steps", type=int, default=5)
+    parser.add_argument("--window-steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.startup_probe:
+        startup_probe(args.data_root, args.device)
+        return 0
+    report = run_benchmark(
+        args.data_root,
+        args.device,
+        args.batch_size,
+        args.warmup_steps,
+        args.window_steps,
+        args.rounds,
+        with_compile=not args.no_compile,
+    )
+    print(format_table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
