@@ -30,15 +30,17 @@ register_schemas()
 
 
 class DigitClassifier(nn.Module):
-    """Two conv blocks and a 128-unit layer whose activations are the features for Frechet distances."""
+    """Two conv blocks (with BatchNorm) and a 128-unit layer whose activations are the Frechet features."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, classes: int = 10):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
             nn.ReLU(),
             nn.MaxPool2d(2),  # (B, 32, 14, 14)
             nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
             nn.ReLU(),
             nn.MaxPool2d(2),  # (B, 64, 7, 7)
             nn.Flatten(),
@@ -99,8 +101,9 @@ def train_classifier(
 
 
 def cache_path(data: ImageData, data_root: str, settings: dict) -> Path:
-    """Give back where the classifier for these settings and training images lives."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    """Give back where the classifier for these settings, this architecture and these images lives."""
+    architecture = repr(DigitClassifier(data.image_shape[0], data.image_shape[1], len(data.class_names)))
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode() + architecture.encode())
     digest.update(data.train_images.cpu().numpy().tobytes())
     digest.update(data.train_labels.cpu().numpy().tobytes())
     return resolve_root(data_root) / "classifiers" / f"digit_classifier-{digest.hexdigest()[:16]}.pt"

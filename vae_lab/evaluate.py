@@ -147,11 +147,20 @@ def _sample_metrics(
     return scores, metrics.class_histogram(probabilities)
 
 
-def evaluate_model(model, data: ImageData, settings, seed: int, classifier, classifier_accuracy: float):
+def evaluate_model(
+    model,
+    data: ImageData,
+    settings,
+    seed: int,
+    classifier,
+    classifier_accuracy: float,
+    test_parts: dict | None = None,
+):
     """Give back (metrics, extras for the figures) of a trained model on the test split (README "Metrics").
 
     Likelihoods are those of the model, whatever loss trained it: the negative ELBO for a VAE, the
-    reconstruction for a deterministic autoencoder.
+    reconstruction for a deterministic autoencoder. `test_parts` (the test recon and KL that training
+    measured last with the same seed, for any loss) saves evaluating them again.
     """
     loss = ELBO() if model.is_variational else Reconstruction()
     generator = torch.Generator().manual_seed(seed)
@@ -159,16 +168,20 @@ def evaluate_model(model, data: ImageData, settings, seed: int, classifier, clas
     result: dict = {}
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        test = evaluate_loss(model, loss, data.test_images, 1000, seed)
+        test = test_parts or evaluate_loss(model, loss, data.test_images, 1000, seed)
         floor = metrics.binary_entropy_floor_nats(to_float(data.test_images))
         result["likelihood"] = {
-            "negative_elbo": test["total"] if model.is_variational else None,
+            "negative_elbo": test["recon"] + test["kl"] if model.is_variational else None,
             "recon": test["recon"],
             "kl": test["kl"],
             "bce_floor": floor,
             "recon_above_floor": test["recon"] - floor,
         }
-        test_codes = encode_means(model, data.test_images)
+        if model.is_variational:
+            mean, log_var = encode_posteriors(model, data.test_images)
+            test_codes = mean
+        else:
+            test_codes = encode_means(model, data.test_images)
         train_codes = encode_means(model, data.train_images)
         if model.is_variational:
             subset = stratified_subset(data.test_labels, settings.iwae_images)
@@ -176,7 +189,6 @@ def evaluate_model(model, data: ImageData, settings, seed: int, classifier, clas
             ks = tuple(k for k in (1, 10, 100, settings.iwae_k) if k <= settings.iwae_k)
             bounds = metrics.iwae_bounds(log_weights, tuple(sorted(set(ks))))
             result["iwae"] = {f"nll_k{k}": -bound for k, bound in bounds.items()} | {"images": len(subset)}
-            mean, log_var = encode_posteriors(model, data.test_images)
             mi_subset = stratified_subset(data.test_labels, settings.mi_images)
             z = mean[mi_subset] + torch.exp(0.5 * log_var[mi_subset]) * torch.randn_like(mean[mi_subset])
             result["latent"] = {
@@ -254,12 +266,19 @@ def traversals(model, centre: torch.Tensor, dims: int = 16, steps: int = 9, span
 
 
 def evaluate_and_draw(
-    model, data: ImageData, settings, seed: int, data_root: str, run_dir: Path, progress=True
+    model,
+    data: ImageData,
+    settings,
+    seed: int,
+    data_root: str,
+    run_dir: Path,
+    progress=True,
+    test_parts: dict | None = None,
 ):
     """Compute every metric, draw the evaluation figures into run_dir; give back (metrics, figure names)."""
     started = time.perf_counter()
     classifier, accuracy, _ = load_or_train(data, data_root, settings.classifier, progress)
-    result, extras = evaluate_model(model, data, settings, seed, classifier, accuracy)
+    result, extras = evaluate_model(model, data, settings, seed, classifier, accuracy, test_parts)
     drawn = [
         plots.plot_class_histograms(extras["histograms"], data.class_names, run_dir / "class_histogram.png"),
         plots.plot_image_grid(
@@ -314,7 +333,9 @@ def evaluate_folder(run_dir: Path, data_root: str | None = None, device: str = "
         data_cfg.root = data_root
     data = instantiate(data_cfg).to(torch.device(device))
     settings = OmegaConf.merge(OmegaConf.structured(EvaluationSchema), run.config.get("evaluation", {}))
-    result, figures = evaluate_and_draw(run.model, data, settings, run.config.seed, data_cfg.root, run_dir)
+    result, figures = evaluate_and_draw(
+        run.model, data, settings, run.config.seed, data_cfg.root, run_dir, test_parts=run.summary.get("test")
+    )
     summary = dict(run.summary)
     summary["metrics"] = result
     summary["figures"] = list(dict.fromkeys([*summary.get("figures", []), *figures]))

@@ -209,7 +209,7 @@ def run(cfg: DictConfig, run_dir: Path, parallel_jobs: int = 1) -> dict[str, Any
     if cfg.evaluation.enabled:
         log.info("evaluating on the test split (README: Metrics)")
         summary_metrics, evaluation_figures = evaluate.evaluate_and_draw(
-            model, data, cfg.evaluation, cfg.seed, cfg.data.root, run_dir, cfg.trainer.progress
+            model, data, cfg.evaluation, cfg.seed, cfg.data.root, run_dir, cfg.trainer.progress, last["test"]
         )
         figures += evaluation_figures
         log.info(evaluate.one_line(summary_metrics))
