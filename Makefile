@@ -7,7 +7,7 @@ DATA := data/MNIST/raw
 MNIST_GZ := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
 DEMO_EPOCHS ?= 1
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup data demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ lint: setup
 
 test: setup data lint
 	$(BIN)/python -m pytest
+
+# Training speed of vae_lab against a plain PyTorch loop, side by side (a few minutes on CPU).
+bench: setup data
+	$(BIN)/python -m vae_lab.bench --json bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
