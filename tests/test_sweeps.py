@@ -250,3 +250,16 @@ def test_a_missing_launcher_plugin_gets_an_install_hint(monkeypatch):
     with pytest.raises(SystemExit, match=r"pip install .*\[launchers\]"):
         require_launcher_plugin(["-m", "hydra/launcher=joblib"])
     require_launcher_plugin(["-m", "loss=recon,kl"])  # no launcher asked for: nothing to check
+
+
+def test_a_swept_numeric_key_gets_a_figure_of_the_final_metrics_against_it(tmp_path):
+    for index, (latent, seed, total) in enumerate(
+        [(2, 0, 150.0), (2, 1, 152.0), (8, 0, 120.0), (32, 0, 110.0)]
+    ):
+        _fake_run(tmp_path / f"{index}_run", [f"model.latent_dim={latent}", f"seed={seed}"], total=total)
+    written = {path.name for path in compare([tmp_path])}
+    assert "metrics_vs_model.latent_dim.png" in written and "metrics_vs_seed.png" not in written
+    assert "comparison_grouped.csv" in written  # two seeds share latent_dim=2
+    with open(tmp_path / "comparison_grouped.csv") as file:
+        groups = {row["model.latent_dim"]: row for row in csv.DictReader(file)}
+    assert float(groups["2"]["test_total mean"]) == 151.0 and groups["2"]["runs"] == "2"
