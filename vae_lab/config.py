@@ -67,6 +67,7 @@ class EvaluationSchema:
     iwae_images: int = 1000  # a fixed, class-stratified subset of the test split
     mi_images: int = 1000  # images for the mutual information estimate
     knn_k: int = 5
+    knn_train_images: int = 10000  # the first N training images' codes fit the kNN vote
     prior_samples: int = 10000  # decoded draws from N(0, I) judged by the classifier
     classifier: ClassifierSchema = field(default_factory=ClassifierSchema)
 
@@ -131,6 +132,7 @@ RULES = {
     "evaluation.iwae_images": (_positive_int, "a positive integer"),
     "evaluation.mi_images": (_positive_int, "a positive integer"),
     "evaluation.knn_k": (_positive_int, "a positive integer"),
+    "evaluation.knn_train_images": (_positive_int, "a positive integer"),
     "evaluation.prior_samples": (_positive_int, "a positive integer"),
     "evaluation.classifier.epochs": (_positive_int, "a positive integer"),
     "data.binarize": (lambda value: value in BINARIZE_CHOICES, f"one of {', '.join(BINARIZE_CHOICES)}"),

@@ -182,7 +182,8 @@ def evaluate_model(
             test_codes = mean
         else:
             test_codes = encode_means(model, data.test_images)
-        train_codes = encode_means(model, data.train_images)
+        knn_train = slice(0, settings.knn_train_images)  # the first N training images fit the kNN vote
+        train_codes = encode_means(model, data.train_images[knn_train])
         if model.is_variational:
             subset = stratified_subset(data.test_labels, settings.iwae_images)
             log_weights = importance_log_weights(model, data.test_images[subset], settings.iwae_k)
@@ -206,12 +207,12 @@ def evaluate_model(
 
         result["separability"] = {
             "knn_accuracy": metrics.knn_accuracy(
-                train_codes, data.train_labels, test_codes, data.test_labels, settings.knn_k
+                train_codes, data.train_labels[knn_train], test_codes, data.test_labels, settings.knn_k
             ),
             "knn_chance": metrics.majority_share(data.test_labels),
             "knn_pixels_pca2d": metrics.knn_accuracy(
-                pca(data.train_images),
-                data.train_labels,
+                pca(data.train_images[knn_train]),
+                data.train_labels[knn_train],
                 pca(data.test_images),
                 data.test_labels,
                 settings.knn_k,

@@ -54,7 +54,9 @@ def mutual_information(mean: torch.Tensor, log_var: torch.Tensor, z: torch.Tenso
     of the N given posteriors; z (N, D) holds one draw from each. The estimate is at most log N.
     """
     log_q_own = gaussian_log_density(z, mean, log_var)  # (N,)
-    log_q_pairs = torch.stack([gaussian_log_density(z_i, mean, log_var) for z_i in z])  # (N, N)
+    log_q_pairs = gaussian_log_density(
+        z.unsqueeze(1), mean.unsqueeze(0), log_var.unsqueeze(0)
+    )  # (N, N): z_i, x_j
     log_q_aggregate = log_mean_exp(log_q_pairs, 1)
     return (log_q_own - log_q_aggregate).mean().item()
 
