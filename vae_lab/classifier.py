@@ -73,14 +73,36 @@ def accuracy(classifier: DigitClassifier, images: torch.Tensor, labels: torch.Te
     return (probabilities.argmax(1) == labels).double().mean().item()
 
 
+def random_shifts(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Give back each image moved by its own whole-pixel offset of at most max_shift, zeros filled in."""
+    count = len(images)
+    shifts = torch.randint(-max_shift, max_shift + 1, (count, 2), generator=generator).to(images.device)
+    theta = torch.zeros(count, 2, 3, device=images.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = (
+        -2 * shifts / torch.tensor(images.shape[-1:-3:-1], device=images.device)
+    )  # pixels -> [-1, 1]
+    grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    return nn.functional.grid_sample(images, grid, mode="nearest", align_corners=False)
+
+
 def train_classifier(
-    data: ImageData, epochs: int, batch_size: int, lr: float, seed: int, progress: bool = True
+    data: ImageData,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    max_shift: int = 2,
+    progress: bool = True,
 ):
-    """Give back a classifier trained on the training split, and its test accuracy."""
+    """Give back a classifier trained on the training split (random shifts, cosine learning rate),
+    and its test accuracy."""
     torch.manual_seed(seed)
     classifier = DigitClassifier(data.image_shape[0], data.image_shape[1], len(data.class_names))
     classifier.to(data.train_images.device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
+    steps = epochs * -(-len(data.train_images) // batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(1, epochs + 1):
         classifier.train()
@@ -91,12 +113,12 @@ def train_classifier(
             leave=False,
             disable=None if progress else True,
         ):
-            loss = nn.functional.cross_entropy(
-                classifier(to_float(data.train_images[indices])), data.train_labels[indices]
-            )
+            images = random_shifts(to_float(data.train_images[indices]), max_shift, generator)
+            loss = nn.functional.cross_entropy(classifier(images), data.train_labels[indices])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
     return classifier, accuracy(classifier, data.test_images, data.test_labels)
 
 

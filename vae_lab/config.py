@@ -54,10 +54,11 @@ class TrainerSchema:
 
 @dataclass
 class ClassifierSchema:
-    epochs: int = 3
+    epochs: int = 6
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     seed: int = 0
+    max_shift: int = 2  # random shifts of the training images, in pixels
 
 
 @dataclass
