@@ -48,7 +48,9 @@ def test_conv_encoder_matches_the_article():
     assert all(c.kernel_size == (3, 3) for c in convs)
     assert encoder.feature_dim == 7 * 7 * 64
     kinds = [type(m).__name__ for m in encoder.body][:4]
-    assert kinds == ["Conv2d", "ReLU", "BatchNorm2d", "Dropout"]  # the article's Keras order
+    assert kinds == ["Conv2d", "ReLU", "BatchNorm2d", "FastDropout"]  # the article's Keras order
+    plain = ConvEncoder(batch_norm=True, dropout=0.3, fast_dropout=False)
+    assert type(plain.body[3]) is torch.nn.Dropout and plain.body[3].p == 0.3
     decoder = ConvDecoder(2)
     transposed = [m for m in decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [c.out_channels for c in transposed] == [64, 64, 32, 1]
