@@ -29,6 +29,20 @@ from vae_lab.runs import SUMMARY_FILE, find_runs, load_run, read_metrics
 log = logging.getLogger("vae_lab.compare")
 HIDDEN_OVERRIDES = {"data.root", "trainer.progress", "device"}  # where and how, not what, was run
 FIRST_METRICS = ["test_total", "test_recon", "test_kl"]
+# the Markdown table's columns (the CSV has every number): the likelihood, then one number per claim
+HEADLINE_METRICS = {
+    "test_total": "test total",
+    "test_recon": "test recon",
+    "test_kl": "test KL",
+    "metrics_iwae_nll_k100": "IWAE NLL K=100",
+    "metrics_latent_mutual_information": "MI(x;z)",
+    "metrics_latent_active_units": "active units",
+    "metrics_separability_knn_accuracy": "5-NN acc.",
+    "metrics_prior_samples_recognised_share": "samples recognised",
+    "metrics_prior_samples_classes_covered": "digits covered",
+    "metrics_prior_samples_inception_score": "IS",
+    "metrics_prior_samples_frechet_distance": "FD",
+}
 
 
 @dataclass
@@ -132,6 +146,25 @@ def table(rows: list[RunRow]) -> tuple[list[str], list[list[Any]]]:
         for row in rows
     ]
     return header, body
+
+
+def headline(header: list[str], body: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Give back the table's run, status, override and headline-metric columns, and the error."""
+    keep = [
+        i
+        for i, name in enumerate(header)
+        if not name.startswith(("test_", "train_", "metrics_", "epochs", "wall_time", "threads"))
+    ]
+    keep += [header.index(key) for key in HEADLINE_METRICS if key in header]
+    keep = sorted(
+        set(keep),
+        key=lambda i: (
+            header[i] == "error",
+            i if header[i] not in HEADLINE_METRICS else 1000 + list(HEADLINE_METRICS).index(header[i]),
+        ),
+    )
+    names = [HEADLINE_METRICS.get(header[i], header[i]) for i in keep]
+    return names, [[line[i] for i in keep] for line in body]
 
 
 def group(rows: list[RunRow], by: list[str] | None = None) -> tuple[list[str], list[list[Any]]]:
@@ -304,8 +337,8 @@ def compare(
     write_csv(out / "comparison.csv", header, body)
     sections = [
         f"# Comparison of {len(rows)} runs\n",
-        "Final test numbers in nats per image.\n",
-        markdown(header, body),
+        "Final test numbers in nats per image; every number the runs logged is in comparison.csv.\n",
+        markdown(*headline(header, body)),
     ]
     written = [out / "comparison.csv", out / "comparison.md"]
     grouped_header, grouped_body = group(rows, by)
