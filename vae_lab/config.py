@@ -18,11 +18,43 @@ from vae_lab.errors import ConfigError
 
 @dataclass
 class DataSchema:
+    """What every data set takes; each conf/data/*.yaml extends it with its own schema below."""
+
     _target_: str = MISSING
-    root: str = "data"
+    root: str = "data"  # data sets (and caches) live under it; VAE_LAB_DATA wins
     limit: Optional[int] = None  # train on the first N training images
+
+
+@dataclass
+class IdxDataSchema(DataSchema):
+    """MNIST and Fashion-MNIST (four IDX files)."""
+
     download: bool = True
     binarize: str = "none"  # none, or dynamic (Bernoulli-sampled pixels, the binarised-MNIST literature)
+
+
+@dataclass
+class CelebASchema(DataSchema):
+    download: bool = True  # torchvision's Google Drive download; often fails (README: CelebA by hand)
+    attribute: str = "Smiling"  # the labels: this column of list_attr_celeba.txt
+    image_size: int = 64
+    crop_size: int = 148  # centre crop of the 178x218 aligned faces, before the resize
+
+
+@dataclass
+class ImageFolderSchema(DataSchema):
+    path: Optional[str] = None  # a folder in ImageFolder layout: path/<class>/<image>
+    image_size: int = 64  # shorter side resized to it, then a centre square crop
+    channels: int = 3  # 3: RGB, 1: grey
+    test_share: float = 0.1  # of each class, for the test split
+
+
+# conf/data/<name>.yaml lists its schema first in its defaults
+DATA_SCHEMAS = {
+    "idx_schema": IdxDataSchema,
+    "celeba_schema": CelebASchema,
+    "image_folder_schema": ImageFolderSchema,
+}
 
 
 @dataclass
@@ -88,6 +120,8 @@ class Config:
 def register_schemas() -> None:
     """Store the schema under the name conf/config.yaml lists first in its defaults."""
     ConfigStore.instance().store(name="config_schema", node=Config)
+    for name, node in DATA_SCHEMAS.items():
+        ConfigStore.instance().store(group="data", name=name, node=node)
 
 
 def _is_int(value: Any) -> bool:
@@ -137,6 +171,10 @@ RULES = {
     "evaluation.prior_samples": (_positive_int, "a positive integer"),
     "evaluation.classifier.epochs": (_positive_int, "a positive integer"),
     "data.binarize": (lambda value: value in BINARIZE_CHOICES, f"one of {', '.join(BINARIZE_CHOICES)}"),
+    "data.image_size": (lambda value: _is_int(value) and value >= 8, "an integer of at least 8 (pixels)"),
+    "data.crop_size": (_positive_int, "a positive integer (pixels, at most 178 for CelebA)"),
+    "data.channels": (lambda value: value in (1, 3), "1 (grey) or 3 (RGB)"),
+    "data.test_share": (lambda value: _is_number(value) and 0 < value < 1, "a number between 0 and 1"),
     "seed": (_is_int, "an integer"),
     "device": (_device_name, "one of auto, cpu, cuda or cuda:N"),
 }

@@ -1,15 +1,27 @@
 """Data sets as uint8 tensors, kept whole on the training device, and batch iteration over them."""
 
+import hashlib
+import logging
 import os
-from collections.abc import Iterator
+import pickle
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
+from PIL import Image
 from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.utils import calculate_md5
+from torchvision.transforms.v2 import functional as F
+from tqdm import tqdm
 
 from vae_lab.errors import DataError
+from vae_lab.runs import write_atomically
+
+log = logging.getLogger("vae_lab.data")
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -72,20 +84,43 @@ def load_mnist(
     binarize="dynamic" (the binarised-MNIST literature's variant): training pixels are drawn from
     Bernoulli(x) afresh at every batch, and the test split is binarised once with a fixed seed.
     """
+    hint = (
+        "Download them from the MNIST site, copy them in by hand "
+        "(`make data` copies ../shared/data/MNIST/raw/*.gz)"
+    )
+    return _load_idx_dataset(
+        datasets.MNIST, [str(digit) for digit in range(10)], root, limit, download, binarize, hint
+    )
+
+
+def load_fashion_mnist(
+    root: str = "data", limit: Optional[int] = None, download: bool = True, binarize: str = "none"
+) -> ImageData:
+    """Give back Fashion-MNIST (Xiao et al. 2017) through torchvision: the MNIST pipeline, clothes' names."""
+    hint = "Download them from https://github.com/zalandoresearch/fashion-mnist (data/fashion/), copy them in"
+    return _load_idx_dataset(
+        datasets.FashionMNIST, list(datasets.FashionMNIST.classes), root, limit, download, binarize, hint
+    )
+
+
+def _load_idx_dataset(
+    dataset_class, class_names: list[str], root: str, limit, download: bool, binarize: str, hint: str
+) -> ImageData:
+    """Give back an MNIST-format data set (four IDX files under <root>/<name>/raw/) as ImageData."""
     root_path = resolve_root(root)
-    raw = root_path / "MNIST" / "raw"
+    name = dataset_class.__name__
+    raw = root_path / name / "raw"
     try:
-        train = datasets.MNIST(str(root_path), train=True, download=download)
-        test = datasets.MNIST(str(root_path), train=False, download=download)
+        train = dataset_class(str(root_path), train=True, download=download)
+        test = dataset_class(str(root_path), train=False, download=download)
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError or a parse error
         found = sorted(p.name for p in raw.iterdir()) if raw.is_dir() else []
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(
-            f"MNIST could not be read from {raw} (found: {found or 'nothing'}): {reason}. "
+            f"{name} could not be read from {raw} (found: {found or 'nothing'}): {reason}. "
             f"It needs the four official files {', '.join(f + '.gz' for f in MNIST_FILES)} there "
-            "(or unpacked, without .gz). Download them from the MNIST site, copy them in by hand "
-            "(`make data` copies ../shared/data/MNIST/raw/*.gz), or point data.root or the "
-            "VAE_LAB_DATA environment variable at a folder holding MNIST/raw/."
+            f"(or unpacked, without .gz). {hint}, or point data.root or the "
+            f"VAE_LAB_DATA environment variable at a folder holding {name}/raw/."
         ) from error
     train_images, train_labels = train.data, train.targets
     if limit is not None:
@@ -96,9 +131,236 @@ def load_mnist(
         train_labels=train_labels.long(),
         test_images=binarize_once(test_images) if binarize == "dynamic" else test_images,
         test_labels=test.targets.long(),
-        class_names=[str(digit) for digit in range(10)],
+        class_names=class_names,
         dynamic_binarization=binarize == "dynamic",
     )
+
+
+CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}  # the codes of list_eval_partition.txt
+CELEBA_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
+
+
+def load_celeba(
+    root: str = "data",
+    limit: Optional[int] = None,
+    download: bool = True,
+    attribute: str = "Smiling",
+    image_size: int = 64,
+    crop_size: int = 148,
+) -> ImageData:
+    """Give back CelebA's aligned faces (Liu et al. 2015) as RGB uint8 images, labelled by one attribute.
+
+    Each face (178x218) is centre-cropped to crop_size x crop_size and resized to image_size x
+    image_size once; the result is cached next to the data, named by both sizes, so later runs
+    start in seconds and a changed size or crop builds its own cache. Labels are 0/1 for the
+    attribute (`Smiling`, `Male`, ... any column of list_attr_celeba.txt). Training uses the
+    official train partition, every test number the official test partition.
+    """
+    root_path = resolve_root(root)
+    folder = root_path / datasets.CelebA.base_folder
+    try:
+        celeba = datasets.CelebA(str(root_path), split="all", target_type="attr", download=download)
+    except Exception as error:  # torchvision raises RuntimeError (missing, corrupt, no gdown) or an OSError
+        raise DataError(celeba_missing_message(folder, error)) from error
+    if attribute not in celeba.attr_names:
+        raise DataError(
+            f"data.attribute={attribute!r} is not a CelebA attribute: choose one of "
+            f"{', '.join(name for name in celeba.attr_names if name)}."
+        )
+    labels = celeba.attr[:, celeba.attr_names.index(attribute)].long()  # 0/1
+    partition = _read_celeba_partition(folder / "list_eval_partition.txt")
+    prepare = _celeba_face(crop_size, image_size)
+    splits = {}
+    for split in ("train", "test"):
+        chosen = [i for i, name in enumerate(celeba.filename) if partition[name] == CELEBA_SPLITS[split]]
+        files = [folder / "img_align_celeba" / celeba.filename[i] for i in chosen]
+        cache = folder / "vae_lab_cache" / f"{split}_crop{crop_size}_{image_size}px.pt"
+        key = {"crop_size": crop_size, "image_size": image_size, "files": _names_digest(files)}
+        images = cached_images(cache, key, lambda files=files: decode_images(files, prepare, 3, image_size))
+        splits[split] = (images, labels[chosen])
+    train_images, train_labels = splits["train"]
+    if limit is not None:
+        train_images, train_labels = train_images[:limit], train_labels[:limit]
+    return ImageData(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=splits["test"][0],
+        test_labels=splits["test"][1],
+        class_names=[f"not {attribute}", attribute],
+    )
+
+
+def celeba_missing_message(folder: Path, error: Exception) -> str:
+    """Give back what is wrong with a CelebA folder and how to fill it by hand, checksums included."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = [
+        f"CelebA could not be read from {folder}: {reason}.",
+        "torchvision's download (data.download=true) goes through Google Drive, needs the gdown package "
+        "and often fails on Drive's daily quota. To put the data in place by hand, download from "
+        f"{CELEBA_PAGE} (Google Drive or Baidu links: Img/, Anno/, Eval/) these files into {folder}/, "
+        "with the md5 sums torchvision checks:",
+    ]
+    for _, md5, name in datasets.CelebA.file_list:
+        path = folder / name
+        if name.endswith(".zip"):
+            state = "" if (folder / "img_align_celeba").is_dir() else "  <- not unpacked yet"
+            unpacked = f"{folder}/img_align_celeba/000001.jpg ..."
+            lines.append(f"  {name}  md5 {md5}  (unzip it there: {unpacked}){state}")
+            continue
+        if not path.is_file():
+            state = "  <- missing"
+        elif calculate_md5(str(path)) != md5:
+            state = "  <- present, but its md5 differs (truncated, or another mirror's version)"
+        else:
+            state = "  <- ok"
+        lines.append(f"  {name}  md5 {md5}{state}")
+    lines.append(
+        "Check them with `md5sum <file>`. Then point data.root or the VAE_LAB_DATA environment variable "
+        f"at {folder.parent} (the folder holding celeba/)."
+    )
+    return "\n".join(lines)
+
+
+def _read_celeba_partition(path: Path) -> dict[str, int]:
+    """Give back {image file name: 0 train, 1 valid, 2 test} from list_eval_partition.txt."""
+    pairs = (line.split() for line in path.read_text().splitlines() if line.strip())
+    return {name: int(code) for name, code in pairs}
+
+
+def _celeba_face(crop_size: int, image_size: int) -> Callable:
+    def prepare(image):
+        image = F.center_crop(image.convert("RGB"), [crop_size, crop_size])
+        return F.resize(image, [image_size, image_size], antialias=True)
+
+    return prepare
+
+
+IMAGE_FOLDER_CHANNELS = {1: "L", 3: "RGB"}  # channels -> PIL mode
+
+
+def load_image_folder(
+    path: Optional[str] = None,
+    root: str = "data",
+    limit: Optional[int] = None,
+    image_size: int = 64,
+    channels: int = 3,
+    test_share: float = 0.1,
+) -> ImageData:
+    """Give back a folder of images in torchvision's ImageFolder layout (path/<class>/<image>).
+
+    Each image is resized so that its shorter side is image_size, then centre-cropped to a square,
+    once: the uint8 tensors are cached under <root>/image_folder_cache/, keyed by the folder, the
+    sizes and every file's name, size and time. Labels are the sub-folders, in sorted order. A fixed
+    share of each class (at least one image where a class has two) forms the test split.
+    """
+    if not path:
+        raise DataError(
+            "data.path is not set: point it at a folder of images with one sub-folder per class "
+            "(path/cats/001.png, path/dogs/002.jpg; a single sub-folder is fine), e.g. "
+            "`python -m vae_lab.train data=image_folder data.path=/my/images model=vae_celeba`."
+        )
+    folder = Path(path).expanduser().resolve()
+    if channels not in IMAGE_FOLDER_CHANNELS:
+        raise DataError(f"data.channels={channels} is not allowed: it must be 1 (grey) or 3 (RGB).")
+    try:
+        found = datasets.ImageFolder(str(folder), loader=lambda file: file)  # paths only, nothing decoded
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(
+            f"data.path={path!r}: no images found in the ImageFolder layout ({error}). It needs one "
+            f"sub-folder per class holding images ({', '.join(IMG_EXTENSIONS[:6])}, ...): "
+            f"{folder}/<class>/<image>. A flat folder of images can go into one sub-folder."
+        ) from error
+    files = [Path(file) for file, _ in found.samples]
+    labels = torch.tensor(found.targets, dtype=torch.long)
+    key = {"image_size": image_size, "channels": channels, "files": _files_digest(files)}
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    cache = resolve_root(root) / "image_folder_cache" / f"{folder.name}-{digest}_{channels}x{image_size}px.pt"
+    prepare = _square(image_size, IMAGE_FOLDER_CHANNELS[channels])
+    images = cached_images(cache, key, lambda: decode_images(files, prepare, channels, image_size))
+    test = _test_indices(labels, test_share)
+    train = torch.ones(len(labels), dtype=torch.bool)
+    train[test] = False
+    train_images, train_labels = images[train], labels[train]
+    if limit is not None:
+        train_images, train_labels = train_images[:limit], train_labels[:limit]
+    return ImageData(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=images[test],
+        test_labels=labels[test],
+        class_names=list(found.classes),
+    )
+
+
+def _test_indices(labels: torch.Tensor, share: float) -> torch.Tensor:
+    """Give back the sorted indices of the last round(share * n) images of each class (1 where n >= 2)."""
+    chosen = []
+    for label in labels.unique().tolist():
+        members = torch.nonzero(labels == label).flatten()
+        count = min(len(members) - 1, max(1, round(share * len(members))))
+        chosen.append(members[len(members) - count :] if count > 0 else members[:0])
+    return torch.cat(chosen).sort().values
+
+
+def _square(image_size: int, mode: str) -> Callable:
+    def prepare(image):
+        image = F.resize(image.convert(mode), image_size, antialias=True)  # the shorter side
+        return F.center_crop(image, [image_size, image_size])
+
+    return prepare
+
+
+def decode_images(files: list[Path], prepare: Callable, channels: int, image_size: int) -> torch.Tensor:
+    """Give back the image files opened, passed through `prepare` (PIL -> PIL), as uint8 (N, C, H, W)."""
+    images = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8)
+
+    def load(file: Path) -> torch.Tensor:
+        try:
+            with Image.open(file) as image:
+                return F.pil_to_tensor(prepare(image))
+        except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            raise DataError(f"{file} could not be read as an image: {error}") from error
+
+    log.info(f"decoding {len(files):,} images to {channels}x{image_size}x{image_size} (once; then cached)")
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+        for start in tqdm(range(0, len(files), DECODE_CHUNK), desc="decoding images", leave=False):
+            chunk = files[start : start + DECODE_CHUNK]
+            images[start : start + len(chunk)] = torch.stack(list(pool.map(load, chunk)))
+    return images
+
+
+DECODE_CHUNK = 1024  # images handed to the thread pool at once
+
+
+def cached_images(cache: Path, key: dict, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Give back the images stored in `cache` when they were made with `key`; else build and store them."""
+    if cache.is_file():
+        try:
+            stored = torch.load(cache, mmap=True, weights_only=True)
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
+            log.warning(f"image cache {cache} is unreadable ({error}): building it again")
+        else:
+            if stored.get("key") == key:
+                return stored["images"]
+            log.info(f"image cache {cache} was made from other files or settings: building it again")
+    images = build()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(cache, lambda temporary: torch.save({"key": key, "images": images}, temporary))
+    log.info(f"images cached in {cache}")
+    return images
+
+
+def _names_digest(files: list[Path]) -> str:
+    return hashlib.sha256("\n".join(file.name for file in files).encode()).hexdigest()
+
+
+def _files_digest(files: list[Path]) -> str:
+    """A checksum of the files' paths, sizes and modification times: any change rebuilds the cache."""
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
