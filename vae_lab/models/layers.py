@@ -3,12 +3,17 @@
 import torch
 from torch import nn
 
+_LEVELS = 2**16  # the mask is drawn from 16-bit random integers
+
 
 class FastDropout(nn.Module):
-    """Dropout with its mask drawn through torch.rand instead of bernoulli_ (several times faster on CPU).
+    """Dropout whose mask comes from 16-bit random integers, four from each 64-bit draw.
 
-    Each element is kept with probability 1 - p and scaled by 1 / (1 - p), as nn.Dropout does;
-    in eval mode it is the identity.
+    nn.Dropout draws one Bernoulli number per element (`bernoulli_`), the slowest part of the
+    article's VAE step on CPU; four elements per 64-bit draw need about a quarter of the random
+    numbers. Each element is kept with probability 1 - p rounded to a multiple of 2**-16 (so
+    within 2**-17 of 1 - p) and scaled by the inverse of that probability: the expectation is
+    unchanged, as with nn.Dropout. In eval mode it is the identity.
     """
 
     def __init__(self, p: float = 0.5):
@@ -16,11 +21,21 @@ class FastDropout(nn.Module):
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
+        self.keep_levels = round((1 - p) * _LEVELS)  # keep an element when its integer is among these
+        if self.keep_levels == 0:
+            raise ValueError(f"dropout probability must be below {1 - 1 / (2 * _LEVELS)}, got {p}")
+        self.scale = _LEVELS / self.keep_levels  # 1 / P(kept)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        mask = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # 0 or 1/(1-p), P(kept) = 1 - p
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous()
+        words = torch.empty(-(-x.numel() // 4), dtype=torch.int64, device=x.device)
+        words.random_(-(2**63), None)  # every bit uniform
+        integers = words.view(torch.int16)[: x.numel()]  # uniform on [-2**15, 2**15)
+        keep = integers < self.keep_levels - _LEVELS // 2  # P(kept) = keep_levels / 2**16
+        mask = keep.to(x.dtype).mul_(self.scale).as_strided(x.shape, x.stride())  # in x's memory layout
         return x * mask
 
     def extra_repr(self) -> str:
