@@ -58,18 +58,22 @@ class DigitClassifier(nn.Module):
 
 @torch.no_grad()
 def classify(classifier: DigitClassifier, images: torch.Tensor, batch_size: int = 1000):
-    """Give back (p(y|x) (N, C), features (N, 128)) for float images in [0, 1]."""
+    """Give back (p(y|x) (N, C), features (N, 128)) for float images in [0, 1] or uint8 images.
+
+    uint8 images become floats one batch at a time, so a large split never exists in float32 at once.
+    """
     classifier.eval()
     probabilities, features = [], []
     for batch in in_order(len(images), batch_size):
-        hidden = classifier.features(images[batch])
+        x = images[batch]
+        hidden = classifier.features(to_float(x) if x.dtype == torch.uint8 else x)
         features.append(hidden)
         probabilities.append(classifier.head(hidden).softmax(1))
     return torch.cat(probabilities), torch.cat(features)
 
 
 def accuracy(classifier: DigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    probabilities, _ = classify(classifier, to_float(images))
+    probabilities, _ = classify(classifier, images)
     return (probabilities.argmax(1) == labels).double().mean().item()
 
 

@@ -23,8 +23,10 @@ from vae_lab.classifier import classify, load_or_train
 from vae_lab.config import EvaluationSchema
 from vae_lab.data import ImageData, in_order, to_float
 from vae_lab.errors import RunFolderError, VaeLabError
-from vae_lab.losses import ELBO, Reconstruction, WeightedLoss, bce_nats_per_image
+from vae_lab.losses import ELBO, BernoulliLikelihood, Reconstruction, WeightedLoss
 from vae_lab.runs import SUMMARY_FILE, find_runs, load_run, write_json
+
+log = logging.getLogger("vae_lab.evaluate")
 
 
 def _posterior_mean(model, images: torch.Tensor) -> torch.Tensor:
@@ -105,8 +107,14 @@ def stratified_subset(labels: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def importance_log_weights(model, images: torch.Tensor, k: int, max_decodes: int = 1000) -> torch.Tensor:
-    """Give back log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per image: (k, N)."""
+def importance_log_weights(
+    model, images: torch.Tensor, k: int, max_decodes: int = 1000, likelihood=None
+) -> torch.Tensor:
+    """Give back log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per image: (k, N).
+
+    p(x|z) is the training loss's pixel likelihood (Bernoulli unless given).
+    """
+    likelihood = likelihood or BernoulliLikelihood()
     model.eval()
     columns = []
     per_chunk = max(1, max_decodes // k)
@@ -115,7 +123,8 @@ def importance_log_weights(model, images: torch.Tensor, k: int, max_decodes: int
         mean, log_var = model.encode(x)
         z = mean + torch.exp(0.5 * log_var) * torch.randn(k, *mean.shape, device=mean.device)  # (k, b, D)
         logits = model.decoder(z.flatten(0, 1)).view(k, *x.shape)
-        log_px_z = -bce_nats_per_image(logits.flatten(0, 1), x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)
+        targets = x.expand(k, *x.shape).flatten(0, 1)
+        log_px_z = -likelihood.nats_per_image(logits.flatten(0, 1), targets).view(k, -1)
         log_pz = metrics.gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
         log_qz_x = metrics.gaussian_log_density(z, mean, log_var)
         columns.append(log_px_z + log_pz - log_qz_x)
@@ -147,6 +156,40 @@ def _sample_metrics(
     return scores, metrics.class_histogram(probabilities)
 
 
+FLOOR_CHUNK = 10000  # test images per call of the entropy floor (float64 copies of large splits add up)
+
+
+def reconstruction_floor(likelihood, images: torch.Tensor) -> float:
+    """Give back the lowest mean -log p(x|z) any decoder can reach on uint8 images under the likelihood."""
+    if likelihood.name == "gaussian":
+        return likelihood.floor_nats(images[0].numel())
+    total = 0.0
+    for batch in in_order(len(images), FLOOR_CHUNK):
+        total += metrics.binary_entropy_floor_nats(to_float(images[batch])) * (batch.stop - batch.start)
+    return total / len(images)
+
+
+def pixel_pca(train_images: torch.Tensor, dims: int = 2, exact_up_to: int = 4096):
+    """Give back (centre, components (dims, D)) of the first 10,000 training images' pixels.
+
+    Up to `exact_up_to` pixels per image, an exact SVD (MNIST's numbers); above it, torch's
+    randomised PCA (Halko et al. 2011), whose two leading axes are as good for a 2-d kNN baseline.
+    """
+    pixels = to_float(train_images[:10000]).flatten(1)
+    if pixels.shape[1] <= exact_up_to:
+        return metrics.pca_fit(pixels, dims)
+    centre = pixels.mean(0)
+    _, _, vectors = torch.pca_lowrank(pixels - centre, q=dims + 8, center=False)
+    return centre, vectors[:, :dims].T
+
+
+def _knn_or_none(train_codes, train_labels, test_codes, test_labels, k: int, what: str) -> float | None:
+    if len(train_codes) < k:
+        log.warning(f"{what}: skipped, {len(train_codes)} training images are fewer than knn_k={k}")
+        return None
+    return metrics.knn_accuracy(train_codes, train_labels, test_codes, test_labels, k)
+
+
 def evaluate_model(
     model,
     data: ImageData,
@@ -155,28 +198,35 @@ def evaluate_model(
     classifier,
     classifier_accuracy: float,
     test_parts: dict | None = None,
+    likelihood=None,
 ):
     """Give back (metrics, extras for the figures) of a trained model on the test split (README "Metrics").
 
     Likelihoods are those of the model, whatever loss trained it: the negative ELBO for a VAE, the
-    reconstruction for a deterministic autoencoder. `test_parts` (the test recon and KL that training
-    measured last with the same seed, for any loss) saves evaluating them again.
+    reconstruction for a deterministic autoencoder, under the training loss's pixel likelihood
+    (Bernoulli unless given). `test_parts` (the test recon and KL that training measured last with
+    the same seed, for any loss) saves evaluating them again. `classifier` None (a data set of one
+    class) leaves the classifier's metrics out, as null.
     """
-    loss = ELBO() if model.is_variational else Reconstruction()
+    likelihood = likelihood or BernoulliLikelihood()
+    loss_class = ELBO if model.is_variational else Reconstruction
+    loss = loss_class(**likelihood.settings())
     generator = torch.Generator().manual_seed(seed)
     devices = [data.test_images.device] if data.test_images.device.type == "cuda" else []
     result: dict = {}
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         test = test_parts or evaluate_loss(model, loss, data.test_images, 1000, seed)
-        floor = metrics.binary_entropy_floor_nats(to_float(data.test_images))
+        floor = reconstruction_floor(likelihood, data.test_images)
         result["likelihood"] = {
             "negative_elbo": test["recon"] + test["kl"] if model.is_variational else None,
             "recon": test["recon"],
             "kl": test["kl"],
-            "bce_floor": floor,
+            "bce_floor": floor if likelihood.name == "bernoulli" else None,
             "recon_above_floor": test["recon"] - floor,
         }
+        if likelihood.name == "gaussian":
+            result["likelihood"] |= {"gaussian_floor": floor, "gaussian_variance": likelihood.variance}
         if model.is_variational:
             mean, log_var = encode_posteriors(model, data.test_images)
             test_codes = mean
@@ -186,7 +236,9 @@ def evaluate_model(
         train_codes = encode_means(model, data.train_images[knn_train])
         if model.is_variational:
             subset = stratified_subset(data.test_labels, settings.iwae_images)
-            log_weights = importance_log_weights(model, data.test_images[subset], settings.iwae_k)
+            log_weights = importance_log_weights(
+                model, data.test_images[subset], settings.iwae_k, likelihood=likelihood
+            )
             ks = tuple(k for k in (1, 10, 100, settings.iwae_k) if k <= settings.iwae_k)
             bounds = metrics.iwae_bounds(log_weights, tuple(sorted(set(ks))))
             result["iwae"] = {f"nll_k{k}": -bound for k, bound in bounds.items()} | {"images": len(subset)}
@@ -200,52 +252,78 @@ def evaluate_model(
             }
         else:
             result["latent"] = {"active_units": metrics.active_units(test_codes)}
-        centre, components = metrics.pca_fit(to_float(data.train_images[:10000]), 2)
+        centre, components = pixel_pca(data.train_images, 2)
 
         def pca(images: torch.Tensor) -> torch.Tensor:
             return (to_float(images).flatten(1) - centre) @ components.T
 
+        train_labels = data.train_labels[knn_train]
         result["separability"] = {
-            "knn_accuracy": metrics.knn_accuracy(
-                train_codes, data.train_labels[knn_train], test_codes, data.test_labels, settings.knn_k
+            "knn_accuracy": _knn_or_none(
+                train_codes, train_labels, test_codes, data.test_labels, settings.knn_k, "kNN accuracy"
             ),
             "knn_chance": metrics.majority_share(data.test_labels),
-            "knn_pixels_pca2d": metrics.knn_accuracy(
+            "knn_pixels_pca2d": _knn_or_none(
                 pca(data.train_images[knn_train]),
-                data.train_labels[knn_train],
+                train_labels,
                 pca(data.test_images),
                 data.test_labels,
                 settings.knn_k,
+                "kNN accuracy of pixels",
             ),
         }
-        _, test_features = classify(classifier, to_float(data.test_images))
-        _, train_features = classify(classifier, to_float(data.train_images[: len(data.test_images)]))
-        prior_codes = torch.randn(settings.prior_samples, model.latent_dim, generator=generator)
-        prior, histogram = _sample_metrics(
-            classifier, decode_in_batches(model, prior_codes.to(test_codes.device)), test_features
-        )
-        result["prior_samples"] = prior
-        histograms = {"N(0, I)": histogram}
-        if not model.is_variational:
-            fitted = torch.distributions.MultivariateNormal(
-                train_codes.mean(0).cpu(),
-                covariance_matrix=train_codes.T.cov().cpu() + 1e-6 * torch.eye(model.latent_dim),
+        histograms = {}
+        if classifier is None:
+            result["prior_samples"] = None
+            if not model.is_variational:
+                result["fitted_gaussian_samples"] = None
+            result["classifier"] = None
+        else:
+            histograms = _classifier_metrics(
+                model, data, settings, classifier, classifier_accuracy, train_codes, generator, result
             )
-            codes = fitted.sample((settings.prior_samples,)).to(test_codes.device)
-            result["fitted_gaussian_samples"], histograms["Gaussian fitted to training codes"] = (
-                _sample_metrics(classifier, decode_in_batches(model, codes), test_features)
-            )
-        result["classifier"] = {
-            "test_accuracy": classifier_accuracy,
-            "frechet_floor_train_vs_test": metrics.frechet_distance(train_features, test_features),
-        }
     return result, {"histograms": histograms, "test_codes": test_codes}
+
+
+def _classifier_metrics(
+    model, data: ImageData, settings, classifier, classifier_accuracy, train_codes, generator, result: dict
+) -> dict[str, torch.Tensor]:
+    """Judge decoded prior draws with the classifier, into result; give back the class histograms."""
+    device = train_codes.device
+    _, test_features = classify(classifier, data.test_images)
+    _, train_features = classify(classifier, data.train_images[: len(data.test_images)])
+    prior_codes = torch.randn(settings.prior_samples, model.latent_dim, generator=generator)
+    prior, histogram = _sample_metrics(
+        classifier, decode_in_batches(model, prior_codes.to(device)), test_features
+    )
+    result["prior_samples"] = prior
+    histograms = {"N(0, I)": histogram}
+    if not model.is_variational:
+        fitted = torch.distributions.MultivariateNormal(
+            train_codes.mean(0).cpu(),
+            covariance_matrix=train_codes.T.cov().cpu() + 1e-6 * torch.eye(model.latent_dim),
+        )
+        codes = fitted.sample((settings.prior_samples,)).to(device)
+        result["fitted_gaussian_samples"], histograms["Gaussian fitted to training codes"] = _sample_metrics(
+            classifier, decode_in_batches(model, codes), test_features
+        )
+    result["classifier"] = {
+        "test_accuracy": classifier_accuracy,
+        "frechet_floor_train_vs_test": metrics.frechet_distance(train_features, test_features),
+    }
+    return histograms
 
 
 @torch.no_grad()
 def interpolations(model, images: torch.Tensor, labels: torch.Tensor, pairs: int = 8, steps: int = 10):
-    """Give back decoded straight lines between codes of test images of different classes."""
-    firsts = [int(torch.nonzero(labels == c)[0]) for c in range(int(labels.max()) + 1)]
+    """Give back decoded straight lines between codes of test images of different classes.
+
+    With fewer classes than pairs, later pairs join other images of the same classes.
+    """
+    present = labels.unique().tolist()
+    per_class = -(-2 * pairs // len(present))  # enough images of each class for every line's ends
+    members = [torch.nonzero(labels == c).flatten()[:per_class].tolist() for c in present]
+    firsts = [m[0] for m in members] if len(present) >= pairs else _interleave(members)
     starts = [firsts[i % len(firsts)] for i in range(pairs)]
     ends = [firsts[(i + 1 + i // len(firsts)) % len(firsts)] for i in range(pairs)]
     codes = _posterior_mean(model.eval(), to_float(images[starts + ends]))
@@ -253,6 +331,12 @@ def interpolations(model, images: torch.Tensor, labels: torch.Tensor, pairs: int
     weights = torch.linspace(0, 1, steps, device=codes.device).view(1, steps, 1)
     path = a.unsqueeze(1) * (1 - weights) + b.unsqueeze(1) * weights  # (pairs, steps, D)
     return model.decode(path.flatten(0, 1))
+
+
+def _interleave(lists: list[list[int]]) -> list[int]:
+    """[[a1, a2], [b1], [c1, c2]] -> [a1, b1, c1, a2, c2]."""
+    longest = max(len(items) for items in lists)
+    return [items[i] for i in range(longest) for items in lists if i < len(items)]
 
 
 @torch.no_grad()
@@ -275,19 +359,39 @@ def evaluate_and_draw(
     run_dir: Path,
     progress=True,
     test_parts: dict | None = None,
+    likelihood=None,
 ):
-    """Compute every metric, draw the evaluation figures into run_dir; give back (metrics, figure names)."""
+    """Compute every metric, draw the evaluation figures into run_dir; give back (metrics, figure names).
+
+    `likelihood`: the training loss's pixel likelihood (`loss.likelihood`), Bernoulli unless given.
+    """
     started = time.perf_counter()
-    classifier, accuracy, _ = load_or_train(data, data_root, settings.classifier, progress)
-    result, extras = evaluate_model(model, data, settings, seed, classifier, accuracy, test_parts)
-    drawn = [
-        plots.plot_class_histograms(extras["histograms"], data.class_names, run_dir / "class_histogram.png"),
+    classifier, accuracy = None, None
+    if len(data.class_names) < 2:
+        log.warning(
+            f"the data set has {len(data.class_names)} class ({', '.join(data.class_names)}): no "
+            "classifier can judge the samples, so prior_samples and classifier are null and "
+            "class_histogram.png is not drawn"
+        )
+    else:
+        classifier, accuracy, _ = load_or_train(data, data_root, settings.classifier, progress)
+    result, extras = evaluate_model(
+        model, data, settings, seed, classifier, accuracy, test_parts, likelihood=likelihood
+    )
+    drawn = []
+    if extras["histograms"]:
+        drawn.append(
+            plots.plot_class_histograms(
+                extras["histograms"], data.class_names, run_dir / "class_histogram.png"
+            )
+        )
+    drawn.append(
         plots.plot_image_grid(
             interpolations(model, data.test_images, data.test_labels),
             run_dir / "interpolation.png",
             title="straight lines between test codes, decoded",
-        ),
-    ]
+        )
+    )
     if model.latent_dim > 2:
         images, dims = traversals(model, extras["test_codes"].mean(0))
         drawn.append(
@@ -312,12 +416,14 @@ def one_line(result: dict) -> str:
     if "mutual_information" in result["latent"]:
         parts.append(f"MI {result['latent']['mutual_information']:.2f}")
     parts.append(f"active units {result['latent']['active_units']}")
-    parts.append(f"kNN {result['separability']['knn_accuracy']:.3f}")
+    if result["separability"]["knn_accuracy"] is not None:
+        parts.append(f"kNN {result['separability']['knn_accuracy']:.3f}")
     prior = result["prior_samples"]
-    parts.append(
-        f"samples recognised {prior['recognised_share']:.2f}, IS {prior['inception_score']:.2f}, "
-        f"FD {prior['frechet_distance']:.1f}"
-    )
+    if prior is not None:
+        parts.append(
+            f"samples recognised {prior['recognised_share']:.2f}, IS {prior['inception_score']:.2f}, "
+            f"FD {prior['frechet_distance']:.1f}"
+        )
     parts.append(f"{result['evaluation_s']:.0f} s")
     return "metrics: " + "  |  ".join(parts)
 
@@ -334,8 +440,16 @@ def evaluate_folder(run_dir: Path, data_root: str | None = None, device: str = "
         data_cfg.root = data_root
     data = instantiate(data_cfg).to(torch.device(device))
     settings = OmegaConf.merge(OmegaConf.structured(EvaluationSchema), run.config.get("evaluation", {}))
+    likelihood = instantiate(run.config.loss).likelihood  # the pixel likelihood the run was trained with
     result, figures = evaluate_and_draw(
-        run.model, data, settings, run.config.seed, data_cfg.root, run_dir, test_parts=run.summary.get("test")
+        run.model,
+        data,
+        settings,
+        run.config.seed,
+        data_cfg.root,
+        run_dir,
+        test_parts=run.summary.get("test"),
+        likelihood=likelihood,
     )
     summary = dict(run.summary)
     summary["metrics"] = result

@@ -65,7 +65,10 @@ class ConvDecoder(nn.Module):
         for stride in strides:
             upscale *= stride
         if image_size % upscale:
-            raise ValueError(f"image_size {image_size} is not divisible by the decoder's upscale {upscale}")
+            raise ValueError(
+                f"image_size={image_size} is not a multiple of {upscale}, the decoder's upscale (the product "
+                f"of its strides {list(strides)}): choose data.image_size as a multiple of {upscale}."
+            )
         self.start_shape = (start_channels, image_size // upscale, image_size // upscale)
         self.project = nn.Sequential(
             nn.Linear(latent_dim, start_channels * self.start_shape[1] ** 2), nn.ReLU()
