@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny MNIST in the real IDX format, written by the tests themselves."""
+"""Shared fixtures: tiny data sets in their real on-disk formats (MNIST and Fashion-MNIST IDX files, a CelebA
+folder, an image folder of PNGs), written by the tests themselves."""
 
 import struct
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "MNIST" / "raw"
@@ -67,3 +69,100 @@ FAST_EVALUATION = [
 
 def python() -> str:
     return sys.executable
+
+
+def write_fake_fashion_mnist(root: Path, train_count: int = 256, test_count: int = 64) -> Path:
+    """Write <root>/FashionMNIST/raw/ with the four unpacked IDX files torchvision reads; give back root."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, count, seed in (("train", train_count, 2), ("t10k", test_count, 3)):
+        images, labels = fake_digits(count, seed)
+        write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+# the 40 columns of CelebA's list_attr_celeba.txt, in its order
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
+    "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup "
+    "High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose "
+    "Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat "
+    "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
+).split()
+
+
+def fake_face(smiling: bool, male: bool, rng: np.random.Generator) -> np.ndarray:
+    """A 218x178 RGB 'face': noise, a white band above the usual 148-pixel centre crop (which must cut it
+    away), a centre square red for Smiling or blue otherwise, and a green corner of the crop for Male."""
+    image = rng.integers(0, 60, (218, 178, 3)).astype(np.uint8)
+    image[:30] = 255  # rows 0-29: outside the crop, which starts at row (218 - 148) // 2 = 35
+    image[79:139, 59:119] = (220, 30, 30) if smiling else (30, 30, 220)  # the 60x60 centre
+    if male:
+        image[40:70, 20:50, 1] = 230
+    return image
+
+
+def write_fake_celeba(root: Path, partition: tuple[int, int, int] = (24, 4, 8), seed: int = 0) -> Path:
+    """Write <root>/celeba/ in torchvision's layout: img_align_celeba/*.jpg (178x218) and the five text
+    files in the official formats (attributes -1/1 under a count and a header line); give back root."""
+    folder = root / "celeba"
+    images = folder / "img_align_celeba"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    count = sum(partition)
+    names = [f"{index:06d}.jpg" for index in range(1, count + 1)]
+    codes = [code for code, size in enumerate(partition) for _ in range(size)]
+    attributes = np.where(rng.random((count, len(CELEBA_ATTRIBUTES))) < 0.5, 1, -1)
+    attributes[:, CELEBA_ATTRIBUTES.index("Smiling")] = np.where(np.arange(count) % 2 == 0, 1, -1)
+    smiling, male = (attributes[:, CELEBA_ATTRIBUTES.index(name)] == 1 for name in ("Smiling", "Male"))
+    for name, is_smiling, is_male in zip(names, smiling, male, strict=True):
+        Image.fromarray(fake_face(is_smiling, is_male, rng)).save(images / name, quality=95)
+
+    def rows(values) -> str:
+        return "".join(
+            f"{name} {' '.join(f'{v:2d}' for v in row)}\n" for name, row in zip(names, values, strict=True)
+        )
+
+    (folder / "list_attr_celeba.txt").write_text(
+        f"{count}\n{' '.join(CELEBA_ATTRIBUTES)} \n" + rows(attributes)
+    )
+    (folder / "list_eval_partition.txt").write_text(
+        "".join(f"{n} {c}\n" for n, c in zip(names, codes, strict=True))
+    )
+    (folder / "identity_CelebA.txt").write_text("".join(f"{n} {i % 7 + 1}\n" for i, n in enumerate(names)))
+    boxes = rng.integers(50, 200, (count, 4))
+    (folder / "list_bbox_celeba.txt").write_text(f"{count}\nimage_id x_1 y_1 width height\n" + rows(boxes))
+    landmark_names = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y"
+    landmark_names += " rightmouth_x rightmouth_y"
+    landmarks = rng.integers(60, 160, (count, 10))
+    (folder / "list_landmarks_align_celeba.txt").write_text(f"{count}\n{landmark_names}\n" + rows(landmarks))
+    return root
+
+
+def trust_fake_celeba(monkeypatch, root: Path) -> None:
+    """Make torchvision's CelebA accept the fake files: its md5 list, with the fakes' sums in place of
+    the real ones (which no fake can match); everything else about its integrity check stays."""
+    from torchvision import datasets
+    from torchvision.datasets.utils import calculate_md5
+
+    folder = root / "celeba"
+    fake_list = [
+        (file_id, md5 if name.endswith(".zip") else calculate_md5(str(folder / name)), name)
+        for file_id, md5, name in datasets.CelebA.file_list
+    ]
+    monkeypatch.setattr(datasets.CelebA, "file_list", fake_list)
+
+
+def write_image_folder(
+    folder: Path, classes: tuple[str, ...] = ("circles", "squares", "stripes"), per_class: int = 12
+) -> Path:
+    """Write <folder>/<class>/<n>.png: non-square RGB images, a colour per class; give back folder."""
+    rng = np.random.default_rng(5)
+    for index, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for number in range(per_class):
+            image = rng.integers(0, 50, (40, 52, 3)).astype(np.uint8)
+            image[10:30, 16:36, index % 3] = 240
+            Image.fromarray(image).save(folder / name / f"{number:03d}.png")
+    return folder

@@ -18,6 +18,15 @@ def _as_images(images: torch.Tensor) -> np.ndarray:
     return array[:, 0] if array.shape[1] == 1 else array.transpose(0, 2, 3, 1)
 
 
+def class_colours(count: int) -> list:
+    """Give back one colour per class: tab10 up to 10 classes (as before), tab20 up to 20, then a spectrum."""
+    if count <= 10:
+        return [plt.get_cmap("tab10")(index) for index in range(count)]
+    if count <= 20:
+        return [plt.get_cmap("tab20")(index) for index in range(count)]
+    return [plt.get_cmap("nipy_spectral")(index / (count - 1)) for index in range(count)]
+
+
 def _show(axis, image: np.ndarray) -> None:
     axis.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
     axis.set_xticks([])
@@ -77,10 +86,10 @@ def plot_latent_scatter(
     points, projection = project_2d(codes)
     labels = labels.detach().cpu().numpy()
     figure, axis = plt.subplots(figsize=(7, 6))
-    colours = plt.get_cmap("tab10")
+    colours = class_colours(len(class_names))
     for index, name in enumerate(class_names):
         chosen = labels == index
-        axis.scatter(points[chosen, 0], points[chosen, 1], s=2, color=colours(index % 10), label=name)
+        axis.scatter(points[chosen, 0], points[chosen, 1], s=2, color=colours[index], label=name)
     axis.set_xlabel("PC1" if projection else "z1")
     axis.set_ylabel("PC2" if projection else "z2")
     axis.set_title(f"{title}\n({projection})" if projection else title)
@@ -145,11 +154,11 @@ def plot_latent_comparison(
         extents = np.array([_extent(points) for _, points, _ in projected])
         limits = (extents[:, 0].min(), extents[:, 1].max(), extents[:, 2].min(), extents[:, 3].max())
     figure, axes = _panel_grid(len(projected), 4.2)
-    colours = plt.get_cmap("tab10")
+    colours = class_colours(len(class_names))
     for axis, (title, points, projection) in zip(axes, projected, strict=True):
         for index, name in enumerate(class_names):
             chosen = labels == index
-            axis.scatter(points[chosen, 0], points[chosen, 1], s=1, color=colours(index % 10), label=name)
+            axis.scatter(points[chosen, 0], points[chosen, 1], s=1, color=colours[index], label=name)
         if shared:
             axis.set_xlim(limits[0], limits[1])
             axis.set_ylim(limits[2], limits[3])
@@ -235,7 +244,13 @@ def plot_class_histograms(
     for index, (name, shares) in enumerate(histograms.items()):
         axis.bar(positions + index * width, shares.cpu().numpy(), width, label=name)
     axis.axhline(1 / len(class_names), color="grey", linestyle="--", linewidth=1, label="uniform")
-    axis.set_xticks(positions + width * (len(histograms) - 1) / 2, class_names)
+    long_names = max(len(name) for name in class_names) > 3  # Fashion-MNIST's, an image folder's
+    axis.set_xticks(
+        positions + width * (len(histograms) - 1) / 2,
+        class_names,
+        rotation=30 if long_names else 0,
+        ha="right" if long_names else "center",
+    )
     axis.set_xlabel("predicted class")
     axis.set_ylabel("share of decoded samples")
     axis.legend(fontsize=8)
