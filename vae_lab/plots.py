@@ -72,7 +72,9 @@ def project_2d(codes: torch.Tensor) -> tuple[np.ndarray, Optional[str]]:
         return torch.cat([codes, torch.zeros_like(codes)], 1).numpy(), None
     centred = codes - codes.mean(0)
     _, _, components = torch.linalg.svd(centred, full_matrices=False)
-    return (centred @ components[:2].T).numpy(), f"PCA projection of the {codes.shape[1]}-d codes"
+    points = centred @ components[:2].T  # (N, 2); (N, 1) when there is a single code
+    points = torch.cat([points, torch.zeros(len(points), 2 - points.shape[1])], 1)
+    return points.numpy(), f"PCA projection of the {codes.shape[1]}-d codes"
 
 
 def plot_latent_scatter(
