@@ -192,7 +192,7 @@ def load_celeba(
 
 def celeba_missing_message(folder: Path, error: Exception) -> str:
     """Give back what is wrong with a CelebA folder and how to fill it by hand, checksums included."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
     lines = [
         f"CelebA could not be read from {folder}: {reason}.",
         "torchvision's download (data.download=true) goes through Google Drive, needs the gdown package "
