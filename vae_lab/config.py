@@ -82,6 +82,7 @@ class TrainerSchema:
     progress: bool = True  # a tqdm bar per epoch
     channels_last: bool = True  # NHWC memory format for conv models: faster convolutions on CPU
     compile: bool = False  # torch.compile the training forward pass (its compile time counts in the run)
+    resume: bool = False  # go on from the checkpoint in the run folder (hydra.run.dir=<that folder>)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Config:
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     evaluation: EvaluationSchema = field(default_factory=EvaluationSchema)
+    logger: Any = MISSING  # conf/logger/*.yaml: where numbers and figures go besides the run folder
     seed: int = 0
     device: str = "auto"
 

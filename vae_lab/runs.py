@@ -20,16 +20,29 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 
 
+def unwritable(path: Path, error: OSError) -> RunFolderError:
+    """Give back the error that tells the user a file could not be written, and why."""
+    reason = error.strerror or str(error)
+    return RunFolderError(
+        f"could not write {path}: {reason}. Free some disk space, or point the run at a writable "
+        "folder (hydra.run.dir=... for a run, hydra.sweep.dir=... for a sweep); files already "
+        "written there are unchanged."
+    )
+
+
 def write_atomically(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a kill never leaves half a file."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary = None
     try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
         write(temporary)
         os.replace(temporary, path)
+    except OSError as error:  # a full disk, a read-only or vanished folder: the old file stays whole
+        raise unwritable(path, error) from error
     finally:
-        if os.path.exists(temporary):
+        if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
 
 
@@ -42,9 +55,22 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomically(path, write)
 
 
-def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS_FILE, "a") as file:
-        file.write(json.dumps(record) + "\n")
+def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Write metrics.jsonl afresh with one line per record (a resumed run's history)."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w") as file:
+            file.writelines(json.dumps(record) + "\n" for record in records)
+
+    write_atomically(Path(run_dir) / METRICS_FILE, write)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """Give back summary.json's contents, or {} where there is none (yet) or it cannot be read."""
+    try:
+        return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -59,8 +85,57 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    # weights_only: no code runs from a checkpoint file
-    return torch.load(Path(run_dir) / CHECKPOINT_FILE, map_location=map_location, weights_only=True)
+    """Give back a run's checkpoint; a damaged file gives a RunFolderError naming it."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    try:
+        # weights_only: no code runs from a checkpoint file
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # truncated: RuntimeError or EOFError; overwritten: UnpicklingError
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunFolderError(
+            f"{path} cannot be read ({reason}): the file is truncated or corrupt. vae_lab writes "
+            "checkpoints atomically, so it was damaged afterwards (a copy cut short?). Copy it again, "
+            "or start the run afresh in a new folder."
+        ) from error
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Give back a nested dict as {'a.b': value}; lists stay whole."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Give back 'key: saved -> current' for every key whose value differs between two config trees."""
+    saved_flat, current_flat = flatten(saved), flatten(current)
+    missing = "(absent)"
+    return [
+        f"{key}: {saved_flat.get(key, missing)!r} in the checkpoint, {current_flat.get(key, missing)!r} now"
+        for key in sorted(saved_flat.keys() | current_flat.keys())
+        if saved_flat.get(key, missing) != current_flat.get(key, missing)
+    ]
+
+
+def read_hydra_files(run_dir: Path) -> dict[str, str]:
+    """Give back the text of the run's .hydra/*.yaml files, by name."""
+    folder = Path(run_dir) / CONFIG_FILE.parent
+    return {path.name: path.read_text() for path in sorted(folder.glob("*.yaml"))}
+
+
+def restore_hydra_files(run_dir: Path, files: dict[str, str]) -> None:
+    """Put back .hydra/*.yaml files that Hydra overwrote when a later command reused the folder."""
+    for name, text in files.items():
+
+        def write(temporary: str, text: str = text) -> None:
+            Path(temporary).write_text(text)
+
+        write_atomically(Path(run_dir) / CONFIG_FILE.parent / name, write)
 
 
 def _natural_key(path: Path) -> list:

@@ -6,12 +6,14 @@ Everything a run makes lands in its Hydra run folder (outputs/<date>/<time>/).
 """
 
 import importlib.util
+import itertools
 import logging
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import hydra
 import torch
@@ -25,8 +27,21 @@ from tqdm import tqdm
 from vae_lab import evaluate, plots
 from vae_lab.config import check_config, register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
-from vae_lab.errors import ConfigError, VaeLabError
-from vae_lab.runs import append_metrics, save_checkpoint, write_json
+from vae_lab.errors import ConfigError, RunFolderError, VaeLabError
+from vae_lab.runs import (
+    CHECKPOINT_FILE,
+    SUMMARY_FILE,
+    config_differences,
+    load_checkpoint,
+    read_hydra_files,
+    read_summary,
+    restore_hydra_files,
+    save_checkpoint,
+    unwritable,
+    write_json,
+    write_metrics,
+)
+from vae_lab.stopping import RunInterrupted, StopSignals
 
 log = logging.getLogger("vae_lab")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # absolute: works from any module or folder
@@ -38,6 +53,8 @@ def _instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:
+        if isinstance(error.__cause__, VaeLabError):
+            raise error.__cause__ from None  # a loader's DataError or ConfigError says it best
         message = str(error).splitlines()[0]
         raise ConfigError(f"{key} could not be built from its config: {message}") from error
 
@@ -67,6 +84,22 @@ def train_step(model, loss, optimizer, x: torch.Tensor):
     return parts
 
 
+class TrainingDiverged(VaeLabError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochPosition:
+    """How far the epoch under way has come; a checkpoint saved mid-epoch holds it, to go on from there."""
+
+    epoch: int  # the epoch under way, from 1
+    order_rng: torch.Tensor  # the order generator's state before this epoch's permutation was drawn
+    step: int = 0  # batches done
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # (total, recon, kl) x images so far
+    has_kl: bool = False
+    train_s: float = 0.0  # training time spent on this epoch so far
+
+
 def train_epoch(
     model,
     loss,
@@ -77,24 +110,47 @@ def train_epoch(
     desc,
     progress,
     memory_format=torch.contiguous_format,
-) -> dict[str, float]:
-    """Run one pass over the training images; give back mean total, recon and KL in nats per image."""
+    position: Optional[EpochPosition] = None,
+    stop: Optional[StopSignals] = None,
+) -> Optional[dict[str, Any]]:
+    """Run one pass over the training images; give back mean total, recon and KL in nats per image.
+
+    From `position` on, where given (it is updated step by step). Where `stop` is requested before
+    the last batch, give back None: `position` then says where to go on.
+    """
     model.train()
     images = data.train_images
-    sums = torch.zeros(3, device=images.device)  # total, recon, kl: kept on the device, no sync per step
-    has_kl = False
+    if position is None:
+        position = EpochPosition(epoch=0, order_rng=generator.get_state())
+    generator.set_state(position.order_rng)  # the same permutation when an epoch is taken up again
     batches = shuffled_batches(len(images), batch_size, generator, images.device)
     num_batches = -(-len(images) // batch_size)
+    sums = torch.tensor(position.sums, device=images.device)  # kept on the device: no sync per step
+    started = time.perf_counter()
+    remaining = itertools.islice(batches, position.step, None)
+    bar_off = None if progress else True
     for indices in tqdm(
-        batches, total=num_batches, desc=desc, leave=False, disable=None if progress else True
+        remaining, total=num_batches, initial=position.step, desc=desc, leave=False, disable=bar_off
     ):
         x = data.train_batch(indices).contiguous(memory_format=memory_format)
         parts = train_step(model, loss, optimizer, x)
+        if not torch.isfinite(parts.total):  # a sync per step, small beside the step itself
+            raise TrainingDiverged(
+                f"the training loss became {parts.total.item()} at epoch {position.epoch}, step "
+                f"{position.step + 1} of {num_batches}: training stopped. Try a smaller optimizer.lr."
+            )
         kl = parts.kl.detach() if parts.kl is not None else torch.zeros((), device=x.device)
-        has_kl = parts.kl is not None
+        position.has_kl = parts.kl is not None
         sums += torch.stack([parts.total.detach(), parts.recon.detach(), kl]) * len(x)
+        position.step += 1
+        if stop is not None and stop.requested and position.step < num_batches:
+            break
+    position.sums = sums.tolist()
+    position.train_s += time.perf_counter() - started
+    if position.step < num_batches:
+        return None
     total, recon, kl = (sums / len(images)).tolist()
-    return {"total": total, "recon": recon, "kl": kl if has_kl else None}
+    return {"total": total, "recon": recon, "kl": kl if position.has_kl else None}
 
 
 def _format(numbers: dict[str, float | None]) -> str:
@@ -102,14 +158,94 @@ def _format(numbers: dict[str, float | None]) -> str:
     return f"total {numbers['total']:.2f}  recon {numbers['recon']:.2f}  kl {kl}"
 
 
-def fit(cfg, model, loss, optimizer, data: ImageData, run_dir: Path) -> dict[str, Any]:
-    """Train for cfg.trainer.epochs, logging each epoch; give back the last epoch's record."""
+def resume_key_config(cfg: DictConfig) -> dict[str, Any]:
+    """Give back the parts of the config a run must keep to be resumed: what changes its numbers."""
+    kept = OmegaConf.to_container(cfg, resolve=True)
+    data = {key: value for key, value in kept["data"].items() if key not in ("root", "download")}
+    return {
+        "model": kept["model"],
+        "loss": kept["loss"],
+        "optimizer": kept["optimizer"],
+        "data": data,
+        "seed": kept["seed"],
+        "trainer": {"batch_size": kept["trainer"]["batch_size"]},
+    }
+
+
+class FolderInUse(RunFolderError):
+    """The run folder already holds a run that this command must not overwrite."""
+
+
+def resume_point(cfg: DictConfig, run_dir: Path, resume: bool, must_exist: bool) -> Optional[dict[str, Any]]:
+    """Give back the checkpoint to go on from, or None to start afresh; never start over a run."""
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        if must_exist:
+            raise ConfigError(
+                f"trainer.resume=true, but {run_dir} holds no {CHECKPOINT_FILE}: point hydra.run.dir at "
+                "the folder of the run to go on with, e.g. `python -m vae_lab.train <its overrides> "
+                "trainer.resume=true hydra.run.dir=outputs/2026-11-25/14-03-12`."
+            )
+        return None
+    if not resume:
+        raise FolderInUse(
+            f"{run_dir} already holds a run ({CHECKPOINT_FILE} is there) and was left as it was: add "
+            "trainer.resume=true to go on with it, or leave hydra.run.dir out to start a new run."
+        )
+    checkpoint = load_checkpoint(run_dir)
+    differences = config_differences(checkpoint["config"], resume_key_config(cfg))
+    if differences:
+        raise ConfigError(
+            f"cannot resume {run_dir}: its checkpoint was made with a different config: "
+            f"{'; '.join(differences)}. Resume with the checkpoint's values, or start a new run."
+        )
+    return checkpoint
+
+
+def fit(
+    cfg,
+    model,
+    loss,
+    optimizer,
+    data: ImageData,
+    run_dir: Path,
+    checkpoint: Optional[dict[str, Any]] = None,
+    stop: Optional[StopSignals] = None,
+    logger=None,
+) -> dict[str, Any]:
+    """Train up to cfg.trainer.epochs from `checkpoint` (or from scratch), checkpointing every epoch and
+    when a stop signal arrives; give back the last epoch's record."""
     generator = torch.Generator().manual_seed(cfg.seed)  # the order of the training images
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     forward_model = torch.compile(model) if cfg.trainer.compile else model  # shares model's parameters
+    history: list[dict[str, Any]] = []
+    position: Optional[EpochPosition] = None
+    if checkpoint is not None:
+        history, position = restore(checkpoint, model, optimizer, generator)
+        write_metrics(run_dir, history)  # drops a line written after the checkpoint, before a kill
+    hydra_files = read_hydra_files(run_dir)
+    key_config = resume_key_config(cfg)
+
+    def save(position: Optional[EpochPosition]) -> None:
+        save_checkpoint(
+            run_dir,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": len(history),  # finished epochs
+                "position": asdict(position) if position is not None else None,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "order_rng": generator.get_state(),
+                "config": key_config,
+                "hydra_files": hydra_files,
+            },
+        )
+
     epochs = cfg.trainer.epochs
-    record: dict[str, Any] = {}
-    for epoch in range(1, epochs + 1):
+    for epoch in range(len(history) + 1, epochs + 1):
+        if position is None:
+            position = EpochPosition(epoch=epoch, order_rng=generator.get_state())
         start = time.perf_counter()
         train = train_epoch(
             forward_model,
@@ -121,33 +257,65 @@ def fit(cfg, model, loss, optimizer, data: ImageData, run_dir: Path) -> dict[str
             desc=f"epoch {epoch}/{epochs}",
             progress=cfg.trainer.progress,
             memory_format=memory_format,
+            position=position,
+            stop=stop,
         )
-        train_s = time.perf_counter() - start
+        if train is None:  # a stop signal: keep the epoch's place
+            save(position)
+            stop_now(stop, run_dir, f"epoch {epoch}, step {position.step}")
         test = evaluate.evaluate_loss(model, loss, data.test_images, cfg.trainer.eval_batch_size, cfg.seed)
-        record = {
-            "epoch": epoch,
-            "train": train,
-            "test": test,
-            "train_s": round(train_s, 3),
-            "epoch_s": round(time.perf_counter() - start, 3),
-            "train_images_per_s": round(len(data.train_images) / train_s, 1),
-        }
-        append_metrics(run_dir, record)
-        save_checkpoint(
-            run_dir,
+        history.append(
             {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
                 "epoch": epoch,
-                "torch_rng": torch.get_rng_state(),
-                "order_rng": generator.get_state(),
-            },
+                "train": train,
+                "test": test,
+                "train_s": round(position.train_s, 3),
+                "epoch_s": round(position.train_s + time.perf_counter() - start, 3),
+                "train_images_per_s": round(len(data.train_images) / position.train_s, 1),
+            }
         )
+        position = None
+        save(None)  # the checkpoint first: metrics.jsonl is rewritten from it on resume
+        write_metrics(run_dir, history)
+        if logger is not None:
+            logger.log_epoch(history[-1])
         log.info(
             f"epoch {epoch}/{epochs}  train: {_format(train)}  |  test: {_format(test)}  "
-            f"|  {train_s:.1f} s, {record['train_images_per_s']:.0f} img/s"
+            f"|  {history[-1]['train_s']:.1f} s, {history[-1]['train_images_per_s']:.0f} img/s"
         )
-    return record
+        if stop is not None and stop.requested:
+            stop_now(stop, run_dir, f"the end of epoch {epoch}")
+    return history[-1]
+
+
+def restore(checkpoint, model, optimizer, generator) -> tuple[list[dict[str, Any]], Optional[EpochPosition]]:
+    """Load a checkpoint's weights, optimiser and random states; give back its history and position."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    generator.set_state(checkpoint["order_rng"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if checkpoint["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+    position = checkpoint["position"]
+    log.info(
+        f"resuming after epoch {checkpoint['epoch']}"
+        + (f", step {position['step']} of epoch {position['epoch']}" if position else "")
+    )
+    return checkpoint["history"], EpochPosition(**position) if position else None
+
+
+def stop_now(stop: StopSignals, run_dir: Path, where: str) -> None:
+    """After the checkpoint is saved: hand the signal to submitit (it requeues the job), or stop the run."""
+    log.warning(f"{stop.name} received: checkpoint saved at {where} in {run_dir}")
+    hand_over = stop.hand_over()
+    if hand_over is not None:
+        hand_over()  # submitit requeues the job into the same folder and exits
+    raise RunInterrupted(
+        f"stopped by {stop.name} at {where}; the checkpoint is saved. Go on with the same command plus "
+        f"`trainer.resume=true hydra.run.dir={run_dir}` (a sweep: the same command plus "
+        "`hydra.sweep.dir=<its folder>`).",
+        stop.signum,
+    )
 
 
 def draw_figures(model, data: ImageData, run_dir: Path, seed: int) -> list[str]:
@@ -182,8 +350,15 @@ def draw_figures(model, data: ImageData, run_dir: Path, seed: int) -> list[str]:
     return [path.name for path in drawn]
 
 
-def run(cfg: DictConfig, run_dir: Path, parallel_jobs: int = 1) -> dict[str, Any]:
-    """Train and draw one run into run_dir; give back its summary (also written to summary.json).
+def run(
+    cfg: DictConfig,
+    run_dir: Path,
+    parallel_jobs: int = 1,
+    checkpoint: Optional[dict[str, Any]] = None,
+    stop: Optional[StopSignals] = None,
+) -> dict[str, Any]:
+    """Train (from `checkpoint`, where given) and draw one run into run_dir; give back its summary
+    (also written to summary.json).
 
     trainer.threads=null leaves torch's default alone in a job of its own, and gives each of
     several parallel jobs its share of the cores, so they never oversubscribe the machine.
@@ -203,16 +378,30 @@ def run(cfg: DictConfig, run_dir: Path, parallel_jobs: int = 1) -> dict[str, Any
         f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters), "
         f"{loss!r}, {len(data.train_images):,} training images, device {device}"
     )
-    last = fit(cfg, model, loss, optimizer, data, run_dir)
-    figures = draw_figures(model, data, run_dir, cfg.seed)
-    summary_metrics = None
-    if cfg.evaluation.enabled:
-        log.info("evaluating on the test split (README: Metrics)")
-        summary_metrics, evaluation_figures = evaluate.evaluate_and_draw(
-            model, data, cfg.evaluation, cfg.seed, cfg.data.root, run_dir, cfg.trainer.progress, last["test"]
-        )
-        figures += evaluation_figures
-        log.info(evaluate.one_line(summary_metrics))
+    logger = _instantiate(cfg.logger, "logger", run_dir=run_dir)  # besides the run folder's own files
+    try:
+        last = fit(cfg, model, loss, optimizer, data, run_dir, checkpoint, stop, logger)
+        figures = draw_figures(model, data, run_dir, cfg.seed)
+        summary_metrics = None
+        if cfg.evaluation.enabled:
+            log.info("evaluating on the test split (README: Metrics)")
+            summary_metrics, evaluation_figures = evaluate.evaluate_and_draw(
+                model,
+                data,
+                cfg.evaluation,
+                cfg.seed,
+                cfg.data.root,
+                run_dir,
+                cfg.trainer.progress,
+                last["test"],
+                likelihood=loss.likelihood,
+            )
+            figures += evaluation_figures
+            log.info(evaluate.one_line(summary_metrics))
+            logger.log_metrics(summary_metrics, step=last["epoch"])
+        logger.log_figures([run_dir / name for name in figures], step=last["epoch"])
+    finally:
+        logger.close()
     summary = {
         "status": "completed",
         "epochs": last["epoch"],
@@ -224,10 +413,11 @@ def run(cfg: DictConfig, run_dir: Path, parallel_jobs: int = 1) -> dict[str, Any
         "device": str(device),
         "threads": torch.get_num_threads(),
         "wall_time_s": round(time.perf_counter() - started, 2),
+        "resumed_after_epoch": checkpoint["epoch"] if checkpoint is not None else None,
         "figures": figures,
         "metrics": summary_metrics,
     }
-    write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
 
@@ -242,8 +432,28 @@ def parallel_jobs(hydra_cfg) -> int:
 
 def _failed(error: BaseException) -> dict[str, str]:
     message = str(error) if isinstance(error, VaeLabError) else f"{type(error).__name__}: {error}"
-    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    if isinstance(error, TrainingDiverged):
+        status = "diverged"
+    elif isinstance(error, (RunInterrupted, KeyboardInterrupt, SystemExit)):
+        status = "interrupted"  # SystemExit: submitit requeued the job after its checkpoint
+    else:
+        status = "failed"
     return {"status": status, "error": message}
+
+
+def _write_failure(run_dir: Path, error: BaseException) -> None:
+    try:
+        write_json(run_dir / SUMMARY_FILE, _failed(error))
+    except VaeLabError as write_error:  # a full disk: say so, and still report the first error
+        log.error(str(write_error))
+
+
+def _open(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> Optional[dict[str, Any]]:
+    """Check the config and the run folder before anything is built; give back the checkpoint to go
+    on from. A sweep's job always goes on from what its folder holds (that is how a sweep restarts)."""
+    check_config(cfg)
+    resume = cfg.trainer.resume or in_sweep
+    return resume_point(cfg, run_dir, resume, must_exist=cfg.trainer.resume and not in_sweep)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -252,10 +462,33 @@ def train_app(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    held_a_run = (run_dir / CHECKPOINT_FILE).exists()
     try:
-        summary = run(cfg, run_dir, parallel_jobs=parallel_jobs(hydra_cfg))
+        checkpoint = _open(cfg, run_dir, in_sweep)
+    except VaeLabError as error:
+        if held_a_run:  # the folder's run stays as it was: Hydra's rewritten config files are put back
+            put_back_hydra_files(run_dir)
+        else:
+            _write_failure(run_dir, error)
+        log.error(str(error))
+        if not in_sweep:
+            raise SystemExit(1) from None
+        return
+    previous = read_summary(run_dir)
+    if checkpoint and previous.get("status") == "completed" and checkpoint["epoch"] >= cfg.trainer.epochs:
+        restore_hydra_files(run_dir, checkpoint["hydra_files"])
+        log.info(f"{run_dir} finished before ({checkpoint['epoch']} epochs): left as it is")
+        return
+    try:
+        with StopSignals() as stop:
+            summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop)
     except BaseException as error:
-        write_json(run_dir / "summary.json", _failed(error))
+        _write_failure(run_dir, error)
+        if isinstance(error, RunInterrupted):
+            log.error(str(error))
+            raise SystemExit(128 + error.signum) from None  # a stop signal ends a sweep too
+        if isinstance(error, OSError):
+            error = unwritable(getattr(error, "filename", None) or run_dir, error)
         if isinstance(error, VaeLabError):
             log.error(str(error))
             if not in_sweep:
@@ -271,6 +504,14 @@ def train_app(cfg: DictConfig) -> None:
         f"Figures: {', '.join(summary['figures'])}  |  test {_format(summary['test'])} "
         f"(nats per image)  |  wall time {summary['wall_time_s']:.0f} s"
     )
+
+
+def put_back_hydra_files(run_dir: Path) -> None:
+    """Put back the .hydra files of the run a refused command found in run_dir, from its checkpoint."""
+    try:
+        restore_hydra_files(run_dir, load_checkpoint(run_dir).get("hydra_files", {}))
+    except VaeLabError:
+        log.warning(f"the config files in {run_dir / '.hydra'} could not be put back from its checkpoint")
 
 
 # launcher choices -> the optional plugin package each one needs (pip install -e .[launchers])
@@ -294,9 +535,27 @@ def require_launcher_plugin(arguments: list[str]) -> None:
             )
 
 
+def require_writable_output(arguments: list[str]) -> None:
+    """Exit with a message when the output folder cannot be made: Hydra would fail with a traceback."""
+    folder = Path("outputs")
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            folder = Path(value)
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(
+            f"cannot make the output folder {folder}: {existing} is not a writable folder. Point "
+            "hydra.run.dir (a run) or hydra.sweep.dir (a sweep) at a folder you can write to."
+        )
+
+
 def main() -> None:
     """The command line (python -m vae_lab.train, vae-lab-train): Hydra overrides in sys.argv."""
     require_launcher_plugin(sys.argv[1:])
+    require_writable_output(sys.argv[1:])
     train_app()
 
 
