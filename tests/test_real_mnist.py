@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import SHARED_MNIST, python
 from vae_lab.data import MNIST_FILES, load_mnist
+from vae_lab.errors import DataError
 
 pytestmark = pytest.mark.skipif(
     not all((SHARED_MNIST / f"{name}.gz").is_file() for name in MNIST_FILES),
@@ -64,3 +65,19 @@ def test_the_digit_classifier_learns_real_digits(mnist_root):
     data = load_mnist(str(mnist_root), limit=6000)
     _, accuracy = train_classifier(data, epochs=2, batch_size=128, lr=1e-3, seed=0, progress=False)
     assert accuracy > 0.95  # on the whole test split, from 6,000 training images
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one byte changed"])
+def test_a_damaged_official_archive_is_refused_by_its_checksum(mnist_root, tmp_path, damage):
+    root = tmp_path / "data"
+    shutil.copytree(mnist_root, root)  # the archives and the files torchvision unpacked from them
+    archive = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(archive.read_bytes())
+    if damage == "truncated":
+        content = content[: len(content) // 2]
+    else:
+        content[100] ^= 0xFF
+    archive.write_bytes(bytes(content))
+    expected = r"t10k-labels-idx1-ubyte.gz \(md5 [0-9a-f]{32}.*expected md5 ec29112d"  # torchvision's sum
+    with pytest.raises(DataError, match=expected):
+        load_mnist(str(root), download=False)

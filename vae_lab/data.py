@@ -110,6 +110,7 @@ def _load_idx_dataset(
     root_path = resolve_root(root)
     name = dataset_class.__name__
     raw = root_path / name / "raw"
+    verify_archives(raw, dataset_class.resources, hint)
     try:
         train = dataset_class(str(root_path), train=True, download=download)
         test = dataset_class(str(root_path), train=False, download=download)
@@ -134,6 +135,25 @@ def _load_idx_dataset(
         class_names=class_names,
         dynamic_binarization=binarize == "dynamic",
     )
+
+
+def verify_archives(raw: Path, resources: list[tuple[str, str]], hint: str) -> None:
+    """Raise DataError when an official .gz file in raw/ fails the md5 sum torchvision lists for it.
+
+    torchvision checks the sums only when it downloads or unpacks; a damaged archive beside files it
+    unpacked before would go unnoticed. (Unpacked files without their archives cannot be checked.)
+    """
+    damaged = []
+    for url, md5 in resources:
+        path = raw / url.rpartition("/")[2]
+        if path.is_file() and (actual := calculate_md5(str(path))) != md5:
+            damaged.append(f"{path.name} (md5 {actual}, {path.stat().st_size:,} bytes; expected md5 {md5})")
+    if damaged:
+        raise DataError(
+            f"{len(damaged)} file(s) in {raw} fail their official checksum, so they are truncated or "
+            f"corrupt: {'; '.join(damaged)}. Delete them and the unpacked files beside them, then get "
+            f"them again: {hint}."
+        )
 
 
 CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}  # the codes of list_eval_partition.txt
