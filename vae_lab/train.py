@@ -413,12 +413,23 @@ def run(
         "device": str(device),
         "threads": torch.get_num_threads(),
         "wall_time_s": round(time.perf_counter() - started, 2),
+        "peak_memory_mib": peak_memory_mib(),
         "resumed_after_epoch": checkpoint["epoch"] if checkpoint is not None else None,
         "figures": figures,
         "metrics": summary_metrics,
     }
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def peak_memory_mib() -> Optional[int]:
+    """Give back this process's peak resident memory in MiB (None where the system does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10))  # macOS: bytes, Linux: KiB
 
 
 def parallel_jobs(hydra_cfg) -> int:
