@@ -84,6 +84,8 @@ def test_summary_holds_the_final_test_numbers(vae_run):
     assert summary["test"] == last["test"] and summary["train"] == last["train"]
     assert summary["train_images"] == 256 and summary["test_images"] == 64
     assert summary["wall_time_s"] > 0
+    assert 100 < summary["peak_memory_mib"] < 4096  # torch alone takes a few hundred MiB
+    assert summary["resumed_after_epoch"] is None
     assert sorted(summary["figures"]) == sorted([*FIGURES, "class_histogram.png", "interpolation.png"])
 
 
