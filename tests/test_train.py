@@ -156,6 +156,7 @@ def test_load_run_on_a_folder_that_is_not_a_run_says_so(tmp_path):
         "model.encoder.fast_dropout=false",
         "optimizer.fused=true",
         "trainer.compile=true",
+        "trainer.precision=bf16",
     ],
 )
 def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mnist_root):
@@ -179,7 +180,18 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
         memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
         generator = torch.Generator().manual_seed(0)
         return [
-            train_epoch(forward, loss, optimizer, data, 32, generator, "", False, memory_format)["total"]
+            train_epoch(
+                forward,
+                loss,
+                optimizer,
+                data,
+                32,
+                generator,
+                "",
+                False,
+                memory_format,
+                precision=cfg.trainer.precision,
+            )["total"]
             for _ in range(2)
         ]
 
@@ -191,4 +203,6 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
             assert losses(option) == pytest.approx(losses(), rel=0.05)
             return
         no_dropout = "model.encoder.dropout=0.0"
-        assert losses(no_dropout, option) == pytest.approx(losses(no_dropout), rel=1e-3)
+        # bf16 keeps 8 bits of mantissa: its losses are compared within 2%, the others within 0.1%
+        tolerance = 0.02 if "bf16" in option else 1e-3
+        assert losses(no_dropout, option) == pytest.approx(losses(no_dropout), rel=tolerance)

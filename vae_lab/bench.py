@@ -34,6 +34,7 @@ OPTIONS = {
     "fast dropout": "model.encoder.fast_dropout=true",
     "fused Adam": "optimizer.fused=true",
     "compile": "trainer.compile=true",
+    "bf16 autocast": "trainer.precision=bf16",
 }
 
 
@@ -58,6 +59,7 @@ class LabTrainer:
         self.model, self.loss, self.optimizer = build(cfg, device)
         self.forward_model = torch.compile(self.model) if cfg.trainer.compile else self.model
         self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+        self.precision = cfg.trainer.precision
         self.data, self.batch_size = data, batch_size
         self.generator = torch.Generator().manual_seed(0)
         self.batches = iter(())
@@ -76,7 +78,7 @@ class LabTrainer:
                 )
                 indices = next(self.batches)
             x = self.data.train_batch(indices).contiguous(memory_format=self.memory_format)
-            train_step(self.forward_model, self.loss, self.optimizer, x)
+            train_step(self.forward_model, self.loss, self.optimizer, x, self.precision)
             images += len(x)
         return images
 

@@ -82,6 +82,7 @@ class TrainerSchema:
     progress: bool = True  # a tqdm bar per epoch
     channels_last: bool = True  # NHWC memory format for conv models: faster convolutions on CPU
     compile: bool = False  # torch.compile the training forward pass (its compile time counts in the run)
+    precision: str = "fp32"  # fp32, or bf16: bfloat16 autocast of the forward pass
     resume: bool = False  # go on from the checkpoint in the run folder (hydra.run.dir=<that folder>)
 
 
@@ -177,6 +178,7 @@ RULES = {
     "data.crop_size": (_positive_int, "a positive integer (pixels, at most 178 for CelebA)"),
     "data.channels": (lambda value: value in (1, 3), "1 (grey) or 3 (RGB)"),
     "data.test_share": (lambda value: _is_number(value) and 0 < value < 1, "a number between 0 and 1"),
+    "trainer.precision": (lambda value: value in ("fp32", "bf16"), "one of fp32, bf16"),
     "seed": (_is_int, "an integer"),
     "device": (_device_name, "one of auto, cpu, cuda or cuda:N"),
 }

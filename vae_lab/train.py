@@ -1,8 +1,11 @@
-"""The Hydra entry point: compose -> check -> build -> fit -> evaluate -> draw.
+"""The Hydra entry point: compose -> check (and find the checkpoint to resume) -> build -> fit ->
+draw -> evaluate.
 
     python -m vae_lab.train model=ae loss=recon model.latent_dim=16 trainer.epochs=3 seed=1
+    python -m vae_lab.train <the same overrides> trainer.resume=true hydra.run.dir=<its run folder>
 
-Everything a run makes lands in its Hydra run folder (outputs/<date>/<time>/).
+Everything a run makes lands in its Hydra run folder (outputs/<date>/<time>/). Read from
+`train_app` (near the end) downwards into `run`, `fit` and `train_epoch`.
 """
 
 import importlib.util
@@ -75,9 +78,16 @@ def build(cfg: DictConfig, device: torch.device):
     return model, loss, optimizer
 
 
-def train_step(model, loss, optimizer, x: torch.Tensor):
-    """One optimisation step on the batch x; give back the loss's parts."""
-    parts = loss(model(x), x)
+def train_step(model, loss, optimizer, x: torch.Tensor, precision: str = "fp32"):
+    """One optimisation step on the batch x; give back the loss's parts.
+
+    precision="bf16" runs the forward pass under bfloat16 autocast (oneDNN on CPUs with AMX or
+    AVX-512 BF16, tensor cores on GPUs); the loss, the gradients' accumulation in the weights and
+    the optimiser stay in fp32.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        output = model(x)
+    parts = loss(output.float() if precision == "bf16" else output, x)
     optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
     optimizer.step()
@@ -112,6 +122,7 @@ def train_epoch(
     memory_format=torch.contiguous_format,
     position: Optional[EpochPosition] = None,
     stop: Optional[StopSignals] = None,
+    precision: str = "fp32",
 ) -> Optional[dict[str, Any]]:
     """Run one pass over the training images; give back mean total, recon and KL in nats per image.
 
@@ -133,7 +144,7 @@ def train_epoch(
         remaining, total=num_batches, initial=position.step, desc=desc, leave=False, disable=bar_off
     ):
         x = data.train_batch(indices).contiguous(memory_format=memory_format)
-        parts = train_step(model, loss, optimizer, x)
+        parts = train_step(model, loss, optimizer, x, precision)
         if not torch.isfinite(parts.total):  # a sync per step, small beside the step itself
             raise TrainingDiverged(
                 f"the training loss became {parts.total.item()} at epoch {position.epoch}, step "
@@ -259,6 +270,7 @@ def fit(
             memory_format=memory_format,
             position=position,
             stop=stop,
+            precision=cfg.trainer.precision,
         )
         if train is None:  # a stop signal: keep the epoch's place
             save(position)

@@ -4,7 +4,7 @@ An encoder maps images to features (B, feature_dim) and exposes `feature_dim`; a
 codes (B, latent_dim) to pixel logits. Any pair with that interface plugs into both models.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple, Optional
 
 import torch
@@ -19,6 +19,11 @@ class ModelOutput:
     code: torch.Tensor  # (B, latent_dim): the code the decoder saw
     mean: Optional[torch.Tensor] = None  # (B, latent_dim), VAE only
     log_var: Optional[torch.Tensor] = None  # (B, latent_dim), VAE only
+
+    def float(self) -> "ModelOutput":
+        """Give back the same output in fp32 (after a reduced-precision forward pass)."""
+        values = {field.name: getattr(self, field.name) for field in fields(self)}
+        return ModelOutput(**{name: None if t is None else t.float() for name, t in values.items()})
 
 
 class Posterior(NamedTuple):
