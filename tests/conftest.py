@@ -35,11 +35,13 @@ def fake_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels
 
 
-def write_fake_mnist(root: Path, train_count: int = 256, test_count: int = 64) -> Path:
-    """Write <root>/MNIST/raw/ with the four unpacked IDX files torchvision reads; give back root."""
-    raw = root / "MNIST" / "raw"
+def write_fake_mnist(
+    root: Path, train_count: int = 256, test_count: int = 64, folder: str = "MNIST", seeds=(0, 1)
+) -> Path:
+    """Write <root>/<folder>/raw/ with the four unpacked IDX files torchvision reads; give back root."""
+    raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for prefix, count, seed in (("train", train_count, 0), ("t10k", test_count, 1)):
+    for prefix, count, seed in (("train", train_count, seeds[0]), ("t10k", test_count, seeds[1])):
         images, labels = fake_digits(count, seed)
         write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
@@ -73,13 +75,7 @@ def python() -> str:
 
 def write_fake_fashion_mnist(root: Path, train_count: int = 256, test_count: int = 64) -> Path:
     """Write <root>/FashionMNIST/raw/ with the four unpacked IDX files torchvision reads; give back root."""
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for prefix, count, seed in (("train", train_count, 2), ("t10k", test_count, 3)):
-        images, labels = fake_digits(count, seed)
-        write_idx_images(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx_labels(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
+    return write_fake_mnist(root, train_count, test_count, folder="FashionMNIST", seeds=(2, 3))
 
 
 # the 40 columns of CelebA's list_attr_celeba.txt, in its order

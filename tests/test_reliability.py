@@ -80,6 +80,16 @@ def uninterrupted(tmp_path_factory, data_root) -> Path:
     return run_dir
 
 
+def start(data_root: Path, run_dir: Path) -> subprocess.Popen:
+    """Start a run in the background; its error output stays readable through communicate()."""
+    return subprocess.Popen(
+        command(data_root, f"hydra.run.dir={run_dir}"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 def same_numbers(run_dir: Path, reference: Path) -> None:
     """The final test numbers and every epoch's training numbers are bit-identical."""
     assert summary(run_dir)["test"] == summary(reference)["test"]
@@ -92,12 +102,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_numbers_of_an_uninterrupted_run(
     tmp_path, data_root, uninterrupted
 ):
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen(
-        command(data_root, f"hydra.run.dir={run_dir}"),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start(data_root, run_dir)
     wait_for_epochs(run_dir, 1, process)
     time.sleep(0.3)  # into the second epoch
     process.send_signal(signal.SIGKILL)
@@ -113,12 +118,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_numbers_of_an_uninterrupted_run(
 
 def test_sigterm_saves_a_mid_epoch_checkpoint_and_the_resumed_run_matches(tmp_path, data_root, uninterrupted):
     run_dir = tmp_path / "terminated"
-    process = subprocess.Popen(
-        command(data_root, f"hydra.run.dir={run_dir}"),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start(data_root, run_dir)
     wait_for_epochs(run_dir, 1, process)
     time.sleep(0.3)
     process.send_signal(signal.SIGTERM)

@@ -153,7 +153,9 @@ def headline(header: list[str], body: list[list[Any]]) -> tuple[list[str], list[
     keep = [
         i
         for i, name in enumerate(header)
-        if not name.startswith(("test_", "train_", "metrics_", "epochs", "wall_time", "threads"))
+        if not name.startswith(
+            ("test_", "train_", "metrics_", "epochs", "wall_time", "threads", "peak_memory", "resumed_after")
+        )
     ]
     keep += [header.index(key) for key in HEADLINE_METRICS if key in header]
     keep = sorted(
