@@ -66,6 +66,7 @@ def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_pat
         "options off + channels_last",
         "options off + fast dropout",
         "options off + fused Adam",
+        "options off + bf16 autocast",
     } == set(report["variants"])
     for row in report["variants"].values():
         assert len(row["windows_images_per_s"]) == 2 and row["images_per_s"] > 0
