@@ -4,8 +4,12 @@ import importlib.util
 import sys
 
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
-from vae_lab.train import main
+from vae_lab.classifier import load_or_train
+from vae_lab.errors import VaeLabError
+from vae_lab.train import CONF_DIR, main
 
 
 def all_jobs_at_once_on_cpu(jobs: int) -> list[str]:
@@ -14,6 +18,20 @@ def all_jobs_at_once_on_cpu(jobs: int) -> list[str]:
     if torch.cuda.is_available() or importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
         return []
     return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+
+
+def train_the_classifier_once(arguments: list[str]) -> None:
+    """Train (or find cached) the digit classifier the jobs' evaluation needs, before they start: jobs
+    running at once would each train it, since none finds it cached yet."""
+    overrides = [arg for arg in arguments if arg.startswith(("data.", "evaluation."))]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    if not cfg.evaluation.enabled:
+        return
+    try:
+        load_or_train(instantiate(cfg.data), cfg.data.root, cfg.evaluation.classifier, cfg.trainer.progress)
+    except VaeLabError as error:
+        raise SystemExit(str(error)) from None
 
 
 def launch(*overrides: str) -> None:

@@ -11,14 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-from _launch import all_jobs_at_once_on_cpu, launch
+from _launch import all_jobs_at_once_on_cpu, launch, train_the_classifier_once
 
 from vae_lab.compare import compare
 
 if __name__ == "__main__":
     given = [arg.partition("=")[2] for arg in sys.argv[1:] if arg.startswith("hydra.sweep.dir=")]
     sweep_dir = Path(given[-1] if given else time.strftime("outputs/multirun/%Y-%m-%d/%H-%M-%S"))
-    launch("-m", "experiment=ablation", *all_jobs_at_once_on_cpu(3), f"hydra.sweep.dir={sweep_dir}")
+    parallel = all_jobs_at_once_on_cpu(3)
+    if parallel:
+        train_the_classifier_once(sys.argv[1:])
+    launch("-m", "experiment=ablation", *parallel, f"hydra.sweep.dir={sweep_dir}")
     written = compare([sweep_dir])
     print(f"Sweep folder: {sweep_dir}")
     print("Comparison: " + ", ".join(str(path) for path in written))

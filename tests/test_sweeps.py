@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import FAST_EVALUATION, python
+from tests.conftest import FAST_EVALUATION, REPO, python
 from vae_lab.compare import compare, group, read_row
 from vae_lab.compare import main as compare_main
 from vae_lab.errors import VaeLabError
@@ -263,3 +263,34 @@ def test_a_swept_numeric_key_gets_a_figure_of_the_final_metrics_against_it(tmp_p
     with open(tmp_path / "comparison_grouped.csv") as file:
         groups = {row["model.latent_dim"]: row for row in csv.DictReader(file)}
     assert float(groups["2"]["test_total mean"]) == 151.0 and groups["2"]["runs"] == "2"
+
+
+def test_the_ablation_script_runs_its_jobs_at_once_trains_the_classifier_once_and_compares(
+    tmp_path, fake_mnist_root
+):
+    """experiments/ablation.py is what `make demo` runs."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep_dir = tmp_path / "ablation"
+    result = subprocess.run(
+        [
+            python(),
+            str(REPO / "experiments" / "ablation.py"),
+            f"data.root={fake_mnist_root}",
+            f"hydra.sweep.dir={sweep_dir}",
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Sweep folder: {sweep_dir}" in result.stdout
+    assert "Joblib.Parallel(n_jobs=3" in result.stdout and "launching 3 jobs" in result.stdout
+    jobs = job_dirs(sweep_dir)
+    assert [job.name.split(",")[0] for job in jobs] == ["0_loss=recon", "1_loss=kl", "2_loss=elbo"]
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["threads"] == 1
+    assert len(list((fake_mnist_root / "classifiers").glob("*.pt"))) == 1  # trained once, before the jobs
+    assert (sweep_dir / "comparison.md").is_file() and (sweep_dir / "latent_comparison.png").is_file()
