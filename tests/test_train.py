@@ -206,3 +206,15 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
         # bf16 keeps 8 bits of mantissa: its losses are compared within 2%, the others within 0.1%
         tolerance = 0.02 if "bf16" in option else 1e-3
         assert losses(no_dropout, option) == pytest.approx(losses(no_dropout), rel=tolerance)
+
+
+def test_logger_tensorboard_writes_events_beside_the_run_files(tmp_path, fake_mnist_root):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    train_cli(run_dir, fake_mnist_root, "logger=tensorboard", "trainer.epochs=1", "evaluation.enabled=false")
+    assert (run_dir / "metrics.jsonl").is_file() and (run_dir / "samples.png").is_file()
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert "test/total" in events.Tags()["scalars"] and "samples" in events.Tags()["images"]
