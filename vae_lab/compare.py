@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 
 from vae_lab import evaluate, plots
 from vae_lab.errors import VaeLabError
-from vae_lab.runs import SUMMARY_FILE, find_runs, load_run, read_metrics
+from vae_lab.runs import SUMMARY_FILE, find_runs, flatten, load_run, read_metrics
 
 log = logging.getLogger("vae_lab.compare")
 HIDDEN_OVERRIDES = {"data.root", "trainer.progress", "device"}  # where and how, not what, was run
@@ -70,16 +70,13 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     return overrides
 
 
-def flatten_numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
+def flatten_numbers(data: dict[str, Any]) -> dict[str, float | None]:
     """Give back every number in a nested dict, keys joined by '_' (None kept: not applicable)."""
-    numbers: dict[str, float | None] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            numbers.update(flatten_numbers(value, f"{name}_"))
-        elif value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-            numbers[name] = value
-    return numbers
+    return {
+        name: value
+        for name, value in flatten(data, sep="_").items()
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    }
 
 
 def read_row(run_dir: Path, base: Path) -> RunRow:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from vae_lab.errors import ConfigError
+from vae_lab.runs import flatten
 
 TENSORBOARD_FOLDER = (
     "tensorboard"  # <run_dir>/tensorboard/: `tensorboard --logdir` on a sweep names runs by folder
@@ -48,14 +49,9 @@ def flatten_numbers(tree: dict[str, Any] | None, prefix: str = "") -> Iterator[t
 
     None (not applicable), strings and booleans are left out.
     """
-    for key, value in (tree or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from flatten_numbers(value, f"{name}/")
-        elif isinstance(value, (list, tuple)):
-            yield from flatten_numbers({str(index): item for index, item in enumerate(value)}, f"{name}/")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-            yield name, float(value)
+    for name, value in flatten(tree or {}, sep="/", lists=True).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            yield prefix + name, float(value)
 
 
 class TensorBoardLogger(NoLogger):

@@ -101,13 +101,16 @@ def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> 
         ) from error
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Give back a nested dict as {'a.b': value}; lists stay whole."""
+def flatten(tree: Any, sep: str = ".", lists: bool = False, prefix: str = "") -> dict[str, Any]:
+    """Give back a nested dict as {'a.b': value}, keys joined by sep; lists stay whole unless lists=True
+    (then each item is a key of its own: 'a.0', 'a.1', ...)."""
+    if lists and isinstance(tree, (list, tuple)):
+        tree = {str(index): item for index, item in enumerate(tree)}
     if not isinstance(tree, dict):
         return {prefix: tree}
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        flat.update(flatten(value, sep, lists, f"{prefix}{sep}{key}" if prefix else str(key)))
     return flat
 
 
