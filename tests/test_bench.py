@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import python
-from vae_lab.models import FastDropout
+from vae_lab.models import FastConvTranspose2d, FastDropout
 
 
 def test_fast_dropout_keeps_one_minus_p_and_rescales():
@@ -30,6 +30,28 @@ def test_fast_dropout_gradient_flows_through_kept_units_only():
     out = layer(x)
     out.sum().backward()
     assert torch.equal(x.grad, out.detach())  # d out / d x is the mask itself: 0 or 1/(1-p)
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fast_conv_transpose_is_nn_conv_transpose_with_the_same_gradients(stride, memory_format):
+    torch.manual_seed(0)
+    plain = torch.nn.ConvTranspose2d(8, 4, 3, stride, padding=1, output_padding=stride - 1)
+    fast = FastConvTranspose2d(8, 4, 3, stride, padding=1, output_padding=stride - 1)
+    fast.load_state_dict(plain.state_dict())  # the same parameters, by the same names
+    plain, fast = plain.to(memory_format=memory_format), fast.to(memory_format=memory_format)
+    x = torch.randn(16, 8, 7, 7).contiguous(memory_format=memory_format).requires_grad_()
+    out_plain, out_fast = plain(x), fast(x)
+    assert out_fast.shape == (16, 4, 7 * stride, 7 * stride)
+    assert torch.equal(out_fast, out_plain)
+    upstream = torch.randn_like(out_plain)
+    grads_plain = torch.autograd.grad(out_plain, [x, plain.weight, plain.bias], upstream)
+    grads_fast = torch.autograd.grad(out_fast, [x, fast.weight, fast.bias], upstream)
+    assert torch.equal(grads_fast[0], grads_plain[0]) and torch.equal(grads_fast[1], grads_plain[1])
+    # the bias gradient is the same sum in another order: equal to float rounding
+    torch.testing.assert_close(grads_fast[2], grads_plain[2], rtol=1e-5, atol=1e-5)
+    no_bias = FastConvTranspose2d(8, 4, 3, stride, padding=1, output_padding=stride - 1, bias=False)
+    assert no_bias(x).shape == out_plain.shape
 
 
 def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_path, fake_mnist_root):

@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from vae_lab.models import VAE, Autoencoder, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae_lab.models import (
+    VAE,
+    Autoencoder,
+    ConvDecoder,
+    ConvEncoder,
+    FastConvTranspose2d,
+    MLPDecoder,
+    MLPEncoder,
+)
 
 
 def conv_pair(latent_dim, **encoder_options):
@@ -55,6 +63,8 @@ def test_conv_encoder_matches_the_article():
     transposed = [m for m in decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [c.out_channels for c in transposed] == [64, 64, 32, 1]
     assert [c.stride[0] for c in transposed] == [1, 2, 2, 1]
+    assert all(type(c) is FastConvTranspose2d for c in transposed)
+    assert all(type(c) is torch.nn.ConvTranspose2d for c in ConvDecoder(2, fast_transpose=False).body[::2])
 
 
 def test_reparameterisation_gives_gradients_to_mean_and_log_variance():

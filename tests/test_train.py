@@ -154,6 +154,7 @@ def test_load_run_on_a_folder_that_is_not_a_run_says_so(tmp_path):
     [
         "trainer.channels_last=false",
         "model.encoder.fast_dropout=false",
+        "model.decoder.fast_transpose=false",
         "optimizer.fused=true",
         "trainer.compile=true",
         "trainer.precision=bf16",

@@ -83,6 +83,7 @@ class TrainerSchema:
     channels_last: bool = True  # NHWC memory format for conv models: faster convolutions on CPU
     compile: bool = False  # torch.compile the training forward pass (its compile time counts in the run)
     precision: str = "fp32"  # fp32, or bf16: bfloat16 autocast of the forward pass
+    keep_freed_memory: bool = True  # glibc malloc keeps freed memory for the next step (vae_lab/memory.py)
     resume: bool = False  # go on from the checkpoint in the run folder (hydra.run.dir=<that folder>)
 
 

@@ -31,6 +31,7 @@ from vae_lab import evaluate, plots
 from vae_lab.config import check_config, register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import ConfigError, RunFolderError, VaeLabError
+from vae_lab.memory import keep_freed_memory
 from vae_lab.runs import (
     CHECKPOINT_FILE,
     SUMMARY_FILE,
@@ -382,6 +383,8 @@ def run(
         threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
     if threads is not None:
         torch.set_num_threads(threads)  # at the start of the job: an environment variable would come too late
+    if cfg.trainer.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model, loss, optimizer = build(cfg, device)

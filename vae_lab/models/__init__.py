@@ -2,7 +2,7 @@
 
 from vae_lab.models.autoencoder import VAE, Autoencoder, ModelOutput, Posterior
 from vae_lab.models.conv import ConvDecoder, ConvEncoder
-from vae_lab.models.layers import FastDropout
+from vae_lab.models.layers import FastConvTranspose2d, FastDropout
 from vae_lab.models.mlp import MLPDecoder, MLPEncoder
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Autoencoder",
     "ConvDecoder",
     "ConvEncoder",
+    "FastConvTranspose2d",
     "FastDropout",
     "MLPDecoder",
     "MLPEncoder",

@@ -1,6 +1,7 @@
 """Layers that vae_lab makes faster than their torch.nn counterparts, with the same semantics."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _LEVELS = 2**16  # the mask is drawn from 16-bit random integers
@@ -40,3 +41,23 @@ class FastDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class FastConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d with its bias added after the convolution: the same parameters and outputs.
+
+    On CPU, PyTorch's transposed-convolution backward costs about twice as much when it is asked
+    for the bias gradient together with the input and weight gradients (measured with torch 2.14 on
+    this project's 2-core machine, channels_last: 27 ms against 16 ms for the decoder's 64->32 layer
+    at batch 128). Adding the bias apart leaves the convolution's backward the input and weight
+    gradients, and autograd sums the bias gradient over the batch and pixels itself. The forward
+    output is bit-identical; the bias gradient matches to float rounding (another summation order).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv_transpose2d(
+            x, self.weight, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
+        if self.bias is None:
+            return y
+        return y.add_(self.bias.view(1, -1, 1, 1))  # in place: the convolution's backward does not need y

@@ -1,0 +1,32 @@
+"""Keep freed memory in the training process instead of handing it back to the operating system.
+
+Each training step of the conv VAE allocates and frees activation buffers of about 12 MB. glibc's
+malloc hands freed memory at the top of its heap back to the OS (and serves big blocks from fresh
+mmap calls), so the next step page-faults the same amount back in, and the kernel zeroes every
+page. Raising malloc's two thresholds keeps that memory for the next step: 1.15x faster training
+on this project's 2-core machine, the same numbers. The process keeps what it has used, so its
+peak resident memory stays what it was (README: Speed).
+"""
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's largest: blocks up to 32 MiB come from the heap, reused
+TRIM_THRESHOLD_BYTES = 2**30  # free memory at the heap's top is handed back only above 1 GiB
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's malloc to keep freed memory for reuse; give back whether it took.
+
+    A no-op giving back False where the C library has no mallopt (macOS, Windows).
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    took_mmap = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    took_trim = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
+    return took_mmap and took_trim
