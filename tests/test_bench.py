@@ -87,16 +87,44 @@ def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_pat
         "vae_lab, options off",
         "options off + channels_last",
         "options off + fast dropout",
+        "options off + fast transpose",
         "options off + fused Adam",
+        "options off + keep freed memory",
         "options off + bf16 autocast",
     } == set(report["variants"])
     for row in report["variants"].values():
         assert len(row["windows_images_per_s"]) == 2 and row["images_per_s"] > 0
+        assert row["peak_rss_mib"] > 100  # each variant's own process: torch alone takes more
         assert row["gflops_per_s"] == pytest.approx(row["images_per_s"] * report["flops_per_image"] / 1e9)
     assert report["ratio"] == report["variants"]["vae_lab"]["ratio_to_plain"] > 0
     assert report["variants"]["plain"]["ratio_to_plain"] == 1.0
     # forward and backward of the article's VAE: about 89 MFLOP per image, counted by torch
     assert 80e6 < report["flops_per_image"] < 100e6
-    assert report["matmul_peak_gflops"] > 0 and report["peak_rss_mib"] > 0
+    assert report["matmul_peak_gflops"] > 0
+    assert report["peak_rss_mib"] == report["variants"]["vae_lab"]["peak_rss_mib"]
     assert report["startup_to_first_step_s"] > 0
     assert "| vae_lab |" in result.stdout and "x plain" in result.stdout
+
+
+def test_a_variant_that_cannot_be_built_stops_the_benchmark_with_its_reason(fake_mnist_root):
+    from vae_lab.bench import BenchError, Variant
+
+    spec = {"overrides": ["model=no_such_model"], "data_root": str(fake_mnist_root), "batch_size": 8}
+    variant = Variant("broken", {**spec, "device": "cpu"})
+    try:
+        with pytest.raises(BenchError, match="'broken' variant's process stopped; .*no_such_model"):
+            variant.answer()
+    finally:
+        variant.close()
+
+
+def test_the_benchmark_refuses_a_device_it_cannot_use_in_one_line(fake_mnist_root):
+    result = subprocess.run(
+        [python(), "-m", "vae_lab.bench", "--data-root", str(fake_mnist_root), "--device", "tpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("python -m vae_lab.bench: ") and "tpu" in result.stderr

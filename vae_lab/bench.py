@@ -1,10 +1,12 @@
-"""Training speed of vae_lab against a plain PyTorch loop, measured side by side in one process.
+"""Training speed of vae_lab against a plain PyTorch loop, measured side by side.
 
     python -m vae_lab.bench [--data-root data] [--rounds 7] [--window-steps 20] [--json PATH]
 
 The plain loop (benchmarks/plain_vae.py) and vae_lab's training path with its defaults, and with
 each speed option on its own, take turns in short timed windows after a warm-up, so that drift on
 a shared machine hits every variant alike; each variant's speed is the median of its windows.
+Each variant trains in a process of its own, one at a time: process-wide settings (the threads, the
+allocator's) stay that variant's, and each peak resident memory is that variant's own.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,18 +27,33 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vae_lab.config import register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
+from vae_lab.errors import VaeLabError
+from vae_lab.memory import keep_freed_memory
 from vae_lab.train import CONF_DIR, build, train_step
 
 PLAIN_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "plain_vae.py"
 # every speed option off: vae_lab's data path alone; each option is then added on its own
-OPTIONS_OFF = ["trainer.channels_last=false", "model.encoder.fast_dropout=false", "optimizer.fused=false"]
+OPTIONS_OFF = [
+    "trainer.channels_last=false",
+    "model.encoder.fast_dropout=false",
+    "model.decoder.fast_transpose=false",
+    "optimizer.fused=false",
+    "trainer.keep_freed_memory=false",
+]
 OPTIONS = {
     "channels_last": "trainer.channels_last=true",
     "fast dropout": "model.encoder.fast_dropout=true",
+    "fast transpose": "model.decoder.fast_transpose=true",
     "fused Adam": "optimizer.fused=true",
+    "keep freed memory": "trainer.keep_freed_memory=true",
     "compile": "trainer.compile=true",
     "bf16 autocast": "trainer.precision=bf16",
 }
+REPLY = "@bench "  # marks the worker's answers on its stdout
+
+
+class BenchError(RuntimeError):
+    """A variant's process could not build or train."""
 
 
 def load_plain_module():
@@ -56,6 +74,8 @@ class LabTrainer:
 
     def __init__(self, overrides: list[str], data: ImageData, batch_size: int, device: torch.device):
         cfg = compose_config([*overrides, f"trainer.batch_size={batch_size}"])
+        if cfg.trainer.keep_freed_memory:
+            keep_freed_memory()  # as vae_lab.train.run does: for the whole process
         self.model, self.loss, self.optimizer = build(cfg, device)
         self.forward_model = torch.compile(self.model) if cfg.trainer.compile else self.model
         self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
@@ -81,6 +101,70 @@ class LabTrainer:
             train_step(self.forward_model, self.loss, self.optimizer, x, self.precision)
             images += len(x)
         return images
+
+
+def serve_variant(spec: dict) -> None:
+    """The worker: build one variant, then answer the parent's `steps N` and `memory` lines on stdout."""
+    device = resolve_device(spec["device"])
+    try:
+        if spec["overrides"] is None:
+            trainer = load_plain_module().PlainTrainer(spec["data_root"], spec["batch_size"], str(device))
+        else:
+            data = instantiate(compose_config([f"data.root={spec['data_root']}"]).data).to(device)
+            trainer = LabTrainer(spec["overrides"], data, spec["batch_size"], device)
+    except Exception as error:  # e.g. no MNIST under data_root: one line for the parent to pass on
+        sys.exit(f"{type(error).__name__}: {' '.join(str(error).split())}")
+
+    def reply(answer: dict) -> None:
+        print(REPLY + json.dumps(answer), flush=True)
+
+    reply({"ready": True})
+    for line in sys.stdin:
+        command, _, argument = line.strip().partition(" ")
+        if command == "steps":
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            images = trainer.steps(int(argument))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            reply({"images": images, "seconds": time.perf_counter() - start})
+        elif command == "memory":
+            reply({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+class Variant:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, name: str, spec: dict):
+        self.name = name
+        self.errors = tempfile.TemporaryFile(mode="w+")  # a file, so a chatty worker never blocks
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vae_lab.bench", "--serve-variant", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            text=True,
+        )
+
+    def answer(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY) :])
+        self.errors.seek(0)
+        said = self.errors.read().strip().splitlines() or ["(nothing)"]
+        raise BenchError(f"the {self.name!r} variant's process stopped; its last words: {said[-1]}")
+
+    def ask(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.answer()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+        self.errors.close()
 
 
 def flops_per_image(plain, batch_size: int, device: torch.device) -> float:
@@ -128,7 +212,8 @@ def startup_seconds(data_root: str, device: str) -> float:
         timeout=600,
     )
     if child.returncode != 0 or "first step done" not in child.stdout:
-        raise RuntimeError(f"the startup probe failed: {child.stderr[-1000:]}")
+        said = child.stderr.strip().splitlines() or ["(nothing)"]
+        raise BenchError(f"the startup probe (a fresh process's first training step) failed: {said[-1]}")
     return time.perf_counter() - start
 
 
@@ -158,34 +243,31 @@ def run_benchmark(
 ) -> dict:
     """Measure every variant in interleaved windows; give back the numbers (see the module docstring)."""
     torch_device = resolve_device(device)
-    plain = load_plain_module()
-    data = instantiate(compose_config([f"data.root={data_root}"]).data).to(torch_device)
-    variants = {
-        "plain": plain.PlainTrainer(data_root, batch_size, str(torch_device)),
-        "vae_lab": LabTrainer([], data, batch_size, torch_device),
-        "vae_lab, options off": LabTrainer(OPTIONS_OFF, data, batch_size, torch_device),
-    }
+    specs = {"plain": None, "vae_lab": [], "vae_lab, options off": OPTIONS_OFF}
     for name, override in OPTIONS.items():
         if name != "compile" or with_compile:
-            variants[f"options off + {name}"] = LabTrainer(
-                [*OPTIONS_OFF, override], data, batch_size, torch_device
-            )
-    warmup_s = {}
-    for name, trainer in variants.items():
-        start = time.perf_counter()
-        trainer.steps(warmup_steps)  # includes compile time for the compiled variant
-        warmup_s[name] = time.perf_counter() - start
-    speeds: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, trainer in variants.items():
-            if torch_device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            images = trainer.steps(window_steps)
-            if torch_device.type == "cuda":
-                torch.cuda.synchronize()
-            speeds[name].append(images / (time.perf_counter() - start))
-    flops = flops_per_image(plain, batch_size, torch_device)
+            specs[f"options off + {name}"] = [*OPTIONS_OFF, override]
+    variants = {
+        name: Variant(
+            name,
+            {"overrides": overrides, "data_root": data_root, "batch_size": batch_size, "device": device},
+        )
+        for name, overrides in specs.items()
+    }
+    try:
+        for variant in variants.values():
+            variant.answer()  # ready: built, data loaded
+        warmup_s = {name: v.ask(f"steps {warmup_steps}")["seconds"] for name, v in variants.items()}
+        speeds: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, variant in variants.items():  # one at a time: the others wait on their stdin
+                window = variant.ask(f"steps {window_steps}")
+                speeds[name].append(window["images"] / window["seconds"])
+        peak_rss = {name: v.ask("memory")["peak_rss_mib"] for name, v in variants.items()}
+    finally:
+        for variant in variants.values():
+            variant.close()
+    flops = flops_per_image(load_plain_module(), batch_size, torch_device)
     peak = matmul_peak_gflops(torch_device)
     results = {}
     for name, samples in speeds.items():
@@ -196,7 +278,8 @@ def run_benchmark(
             "ratio_to_plain": median / statistics.median(speeds["plain"]),
             "gflops_per_s": median * flops / 1e9,
             "share_of_matmul_peak": median * flops / 1e9 / peak,
-            "warmup_s": warmup_s[name],
+            "warmup_s": warmup_s[name],  # compile time included for the compiled variant
+            "peak_rss_mib": peak_rss[name],
         }
     return {
         "device": str(torch_device),
@@ -206,7 +289,7 @@ def run_benchmark(
         "rounds": rounds,
         "flops_per_image": flops,
         "matmul_peak_gflops": peak,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss["vae_lab"],  # the training process of vae_lab's default path
         "startup_to_first_step_s": startup_seconds(data_root, device),
         "variants": results,
         "ratio": results["vae_lab"]["ratio_to_plain"],
@@ -220,17 +303,18 @@ def format_table(report: dict) -> str:
         f"{report['flops_per_image'] / 1e6:.1f} MFLOP per training image; fp32 matmul peak "
         f"{report['matmul_peak_gflops']:.0f} GFLOP/s",
         "",
-        "| variant | images/s | x plain | GFLOP/s | share of matmul peak | warm-up s |",
-        "|---|---|---|---|---|---|",
+        "| variant | images/s | x plain | GFLOP/s | share of matmul peak | warm-up s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in report["variants"].items():
         lines.append(
             f"| {name} | {row['images_per_s']:.0f} | {row['ratio_to_plain']:.2f} | "
-            f"{row['gflops_per_s']:.1f} | {row['share_of_matmul_peak']:.0%} | {row['warmup_s']:.1f} |"
+            f"{row['gflops_per_s']:.1f} | {row['share_of_matmul_peak']:.0%} | {row['warmup_s']:.1f} | "
+            f"{row['peak_rss_mib']:.0f} |"
         )
     lines += [
         "",
-        f"peak resident memory (whole benchmark process): {report['peak_rss_mib']:.0f} MiB",
+        f"peak resident memory of vae_lab's training process: {report['peak_rss_mib']:.0f} MiB",
         f"process start to first vae_lab training step: {report['startup_to_first_step_s']:.1f} s",
     ]
     return "\n".join(lines)
@@ -247,19 +331,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-variant", help=argparse.SUPPRESS)  # a worker: the variant's JSON spec
     args = parser.parse_args(argv)
+    if args.serve_variant:
+        serve_variant(json.loads(args.serve_variant))
+        return 0
     if args.startup_probe:
         startup_probe(args.data_root, args.device)
         return 0
-    report = run_benchmark(
-        args.data_root,
-        args.device,
-        args.batch_size,
-        args.warmup_steps,
-        args.window_steps,
-        args.rounds,
-        with_compile=not args.no_compile,
-    )
+    try:
+        report = run_benchmark(
+            args.data_root,
+            args.device,
+            args.batch_size,
+            args.warmup_steps,
+            args.window_steps,
+            args.rounds,
+            with_compile=not args.no_compile,
+        )
+    except (BenchError, VaeLabError) as error:
+        print(f"python -m vae_lab.bench: {error}", file=sys.stderr)
+        return 1
     print(format_table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

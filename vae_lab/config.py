@@ -203,4 +203,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(
             f"device={name!r} was asked for, but torch sees no CUDA device: use device=cpu or auto."
         )
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
