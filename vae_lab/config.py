@@ -77,7 +77,7 @@ class OptimizerSchema:
 class TrainerSchema:
     epochs: int = 10
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 250
     threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
     progress: bool = True  # a tqdm bar per epoch
     channels_last: bool = True  # NHWC memory format for conv models: faster convolutions on CPU

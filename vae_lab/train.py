@@ -31,7 +31,7 @@ from vae_lab import evaluate, plots
 from vae_lab.config import check_config, register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import ConfigError, RunFolderError, VaeLabError
-from vae_lab.memory import keep_freed_memory
+from vae_lab.memory import hand_back_freed_memory, keep_freed_memory
 from vae_lab.runs import (
     CHECKPOINT_FILE,
     SUMMARY_FILE,
@@ -396,6 +396,7 @@ def run(
     logger = _instantiate(cfg.logger, "logger", run_dir=run_dir)  # besides the run folder's own files
     try:
         last = fit(cfg, model, loss, optimizer, data, run_dir, checkpoint, stop, logger)
+        hand_back_freed_memory()  # what training kept for its steps: not part of evaluation's peak
         figures = draw_figures(model, data, run_dir, cfg.seed)
         summary_metrics = None
         if cfg.evaluation.enabled:
