@@ -40,3 +40,26 @@ def test_keep_freed_memory_stops_the_page_faults_of_each_step():
     pages_per_step = 8 * 3_000_000 * 4 / 4096
     assert default > 0.5 * pages_per_step  # by default, glibc hands the memory back and faults it in again
     assert kept < 0.01 * pages_per_step
+
+
+HAND_BACK = """
+import torch
+from vae_lab.memory import hand_back_freed_memory, keep_freed_memory
+def resident_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+keep_freed_memory()
+saved = [torch.ones(3_000_000) for _ in range(8)]
+del saved
+kept = resident_mib()
+hand_back_freed_memory()
+print(kept - resident_mib())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_hand_back_freed_memory_returns_what_was_kept():
+    result = subprocess.run([python(), "-c", HAND_BACK], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout) > 0.8 * 8 * 12  # MiB: the eight 12 MB buffers the process had kept
