@@ -5,9 +5,8 @@ import sys
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from vae_lab.classifier import load_or_train
+from vae_lab.classifier import load_or_train_for_config
 from vae_lab.errors import VaeLabError
 from vae_lab.train import CONF_DIR, main
 
@@ -29,7 +28,7 @@ def train_the_classifier_once(arguments: list[str]) -> None:
     if not cfg.evaluation.enabled:
         return
     try:
-        load_or_train(instantiate(cfg.data), cfg.data.root, cfg.evaluation.classifier, cfg.trainer.progress)
+        load_or_train_for_config(cfg)
     except VaeLabError as error:
         raise SystemExit(str(error)) from None
 

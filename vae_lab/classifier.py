@@ -157,21 +157,24 @@ def load_or_train(data: ImageData, data_root: str, settings: DictConfig | dict, 
     return classifier.eval(), test_accuracy, path
 
 
+def load_or_train_for_config(cfg: DictConfig):
+    """Load cfg.data, then load_or_train its classifier with cfg.evaluation.classifier; give back
+    (data, classifier, test accuracy, cache path)."""
+    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    data = instantiate(cfg.data).to(device)
+    return data, *load_or_train(data, cfg.data.root, cfg.evaluation.classifier, cfg.trainer.progress)
+
+
 @hydra.main(
     config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="config", version_base="1.3"
 )
 def main(cfg: DictConfig) -> None:
     """Train (or find cached) the classifier for cfg.data with cfg.evaluation.classifier; log its accuracy."""
     try:
-        data = instantiate(cfg.data).to(
-            torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-        )
+        data, _, test_accuracy, path = load_or_train_for_config(cfg)
     except VaeLabError as error:
         log.error(str(error))
         raise SystemExit(1) from None
-    _, test_accuracy, path = load_or_train(
-        data, cfg.data.root, cfg.evaluation.classifier, cfg.trainer.progress
-    )
     log.info(
         f"digit classifier: test accuracy {test_accuracy:.4f} ({len(data.test_images)} test images), {path}"
     )
