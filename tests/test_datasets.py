@@ -24,12 +24,12 @@ from tests.conftest import (
 )
 from vae_lab import data as data_module
 from vae_lab import plots
-from vae_lab.config import check_config, register_schemas
+from vae_lab.config import check_config, register_schemas, upgrade_legacy_loss, upgrade_legacy_overrides
 from vae_lab.data import load_celeba, load_fashion_mnist, load_image_folder
 from vae_lab.errors import ConfigError, DataError
 from vae_lab.evaluate import evaluate_folder
 from vae_lab.loggers import NoLogger, TensorBoardLogger, flatten_numbers
-from vae_lab.losses import ELBO, Reconstruction, gaussian_nats_per_image
+from vae_lab.losses import ELBO, GaussianLikelihood, Reconstruction, gaussian_nats_per_image
 from vae_lab.models import ModelOutput
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -166,14 +166,37 @@ def test_the_gaussian_likelihood_by_hand():
     logits, images = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
     expected = 4 * (0.5 + 0.5 * math.log(math.pi / 2))
     assert gaussian_nats_per_image(logits, images, 0.25).item() == pytest.approx(expected)
-    loss = Reconstruction(likelihood="gaussian", gaussian_variance=0.25)
+    loss = Reconstruction(likelihood=GaussianLikelihood(variance=0.25))
     parts = loss(ModelOutput(recon_logits=logits, code=torch.zeros(1, 2)), images)
     assert parts.recon.item() == pytest.approx(expected) and parts.total.item() == pytest.approx(expected)
     assert repr(ELBO()) == "ELBO(recon_weight=1.0, kl_weight=1.0)"  # the default is unchanged
+    with pytest.raises(ConfigError, match="loss.likelihood.variance=0 is not allowed"):
+        check_config(compose_run("loss/likelihood=gaussian", "loss.likelihood.variance=0"))
     with pytest.raises(ConfigError, match="loss.likelihood='laplace'"):
-        ELBO(likelihood="laplace")
-    with pytest.raises(ConfigError, match="loss.gaussian_variance=0"):
-        ELBO(likelihood="gaussian", gaussian_variance=0)
+        upgrade_legacy_loss({"_target_": "vae_lab.losses.ELBO", "likelihood": "laplace"})
+
+
+def test_the_first_spelling_of_the_likelihood_still_reaches_the_same_config():
+    """loss.likelihood=gaussian loss.gaussian_variance=V, typed before likelihoods had a _target_."""
+    assert upgrade_legacy_overrides(
+        ["loss.likelihood=gaussian", "loss.gaussian_variance=0.05", "seed=1"]
+    ) == [
+        "loss/likelihood=gaussian",
+        "loss.likelihood.variance=0.05",
+        "seed=1",
+    ]
+    old_run = {
+        "_target_": "vae_lab.losses.ELBO",
+        "recon_weight": 1.0,
+        "likelihood": "gaussian",
+        "gaussian_variance": 0.05,
+    }
+    today = OmegaConf.to_container(
+        compose_run("loss/likelihood=gaussian", "loss.likelihood.variance=0.05").loss
+    )
+    assert upgrade_legacy_loss(old_run) == {
+        key: today[key] for key in ("_target_", "recon_weight", "likelihood")
+    }
 
 
 # ---------------------------------------------------------------- colour figures
@@ -296,8 +319,8 @@ def test_a_few_training_steps_on_an_image_folder_with_the_gaussian_likelihood(tm
         f"data.root={tmp_path / 'data'}",
         "data.image_size=16",
         "model=vae_celeba",
-        "loss.likelihood=gaussian",
-        "loss.gaussian_variance=0.05",
+        "loss/likelihood=gaussian",
+        "loss.likelihood.variance=0.05",
     ]
     run_dir = tmp_path / "run"
     trained = train_in_process(run_dir, *overrides)

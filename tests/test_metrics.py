@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from vae_lab import metrics
-from vae_lab.evaluate import importance_log_weights, stratified_subset
+from vae_lab.inference import importance_draws
+from vae_lab.losses import BernoulliLikelihood
+from vae_lab.metrics import stratified_subset
 from vae_lab.models import VAE, MLPDecoder, MLPEncoder
 
 
@@ -117,6 +119,12 @@ def _exact_log_px(model, images):
     )
     log_pz = -0.5 * (grid.pow(2) + math.log(2 * math.pi))
     return torch.logsumexp(log_px_z + log_pz, 0) + math.log(step)
+
+
+def importance_log_weights(model, images, k):
+    """The IWAE log weights of a model: its posterior draws (vae_lab.inference) into the metric."""
+    draws = importance_draws(model, images, k, BernoulliLikelihood())
+    return metrics.importance_log_weights(draws.log_px_z, draws.z, draws.mean, draws.log_var)
 
 
 def test_iwae_lies_between_the_elbo_and_log_px_and_grows_with_k():

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from tests.conftest import REPO, python, write_fake_mnist
+from vae_lab.checkpoint import load as load_checkpoint
 from vae_lab.errors import RunFolderError
 from vae_lab.losses import ELBO
-from vae_lab.runs import load_checkpoint, write_atomically, write_json
+from vae_lab.runs import write_atomically, write_json
 
 RUN = [
     "trainer.epochs=3",
@@ -127,8 +128,8 @@ def test_sigterm_saves_a_mid_epoch_checkpoint_and_the_resumed_run_matches(tmp_pa
     assert "Traceback" not in stderr
     record = summary(run_dir)
     assert record["status"] == "interrupted" and "trainer.resume=true" in record["error"]
-    position = load_checkpoint(run_dir)["position"]
-    assert position is not None and position["epoch"] == 2 and 0 < position["step"] < 24  # 24 steps an epoch
+    position = load_checkpoint(run_dir).position
+    assert position is not None and position.epoch == 2 and 0 < position.step < 24  # 24 steps an epoch
 
     result = train(data_root, run_dir, "trainer.resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -222,7 +223,7 @@ def test_a_diverging_run_stops_at_once_and_keeps_its_last_good_checkpoint(tmp_pa
     assert "became nan at epoch 2, step 6 of 24" in said(result) and "Traceback" not in said(result)
     record = summary(run_dir)
     assert record["status"] == "diverged" and "epoch 2, step 6" in record["error"]
-    assert load_checkpoint(run_dir)["epoch"] == 1 and epochs_logged(run_dir) == [1]
+    assert load_checkpoint(run_dir).epoch == 1 and epochs_logged(run_dir) == [1]
 
 
 FOLDER_TAIL = "trainer.batch_size=64,trainer.epochs=3"  # the other overrides are left out of folder names

@@ -12,7 +12,7 @@ from tests.conftest import FAST_EVALUATION, python
 from vae_lab import load_run
 from vae_lab.data import load_mnist
 from vae_lab.errors import RunFolderError
-from vae_lab.evaluate import evaluate_loss
+from vae_lab.inference import evaluate_loss
 from vae_lab.losses import ELBO, Reconstruction
 
 FIGURES = ("reconstructions.png", "latent_scatter.png", "samples.png", "manifold.png")
@@ -167,34 +167,20 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
     is compared with inductor's fallback_random, which draws the reparameterisation noise as eager does."""
     from hydra import compose, initialize_config_dir
 
+    from vae_lab.build import build
     from vae_lab.config import register_schemas
-    from vae_lab.train import CONF_DIR, build, train_epoch
+    from vae_lab.loop import TrainStep, train_epoch
+    from vae_lab.train import CONF_DIR
 
     def losses(*overrides):
         register_schemas()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[f"data.root={fake_mnist_root}", *overrides])
         torch.manual_seed(0)
-        model, loss, optimizer = build(cfg, torch.device("cpu"))
+        step = TrainStep.from_settings(*build(cfg, torch.device("cpu")), cfg.trainer)
         data = load_mnist(str(fake_mnist_root), download=False)
-        forward = torch.compile(model) if cfg.trainer.compile else model
-        memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
         generator = torch.Generator().manual_seed(0)
-        return [
-            train_epoch(
-                forward,
-                loss,
-                optimizer,
-                data,
-                32,
-                generator,
-                "",
-                False,
-                memory_format,
-                precision=cfg.trainer.precision,
-            )["total"]
-            for _ in range(2)
-        ]
+        return [train_epoch(step, data, 32, generator)["total"] for _ in range(2)]
 
     # compiled graphs draw random numbers from inductor's own generator unless told to use eager's
     import torch._inductor.config

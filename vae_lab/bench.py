@@ -1,16 +1,16 @@
 """Training speed of vae_lab against a plain PyTorch loop, measured side by side.
 
-    python -m vae_lab.bench [--data-root data] [--rounds 7] [--window-steps 20] [--json PATH]
+    python -m vae_lab.bench [--data-root data] [--rounds 5] [--window-steps 15] [--json PATH]
 
-The plain loop (benchmarks/plain_vae.py) and vae_lab's training path with its defaults, and with
+The plain loop (vae_lab/plain_vae.py) and vae_lab's training path with its defaults, and with
 each speed option on its own, take turns in short timed windows after a warm-up, so that drift on
 a shared machine hits every variant alike; each variant's speed is the median of its windows.
 Each variant trains in a process of its own, one at a time: process-wide settings (the threads, the
-allocator's) stay that variant's, and each peak resident memory is that variant's own.
+allocator's) stay that variant's, and each peak resident memory is that variant's own. It prints a
+line as each stage ends; by default it takes about 4 minutes on a 2-core CPU.
 """
 
 import argparse
-import importlib.util
 import json
 import resource
 import statistics
@@ -25,13 +25,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
+from vae_lab import plain_vae
+from vae_lab.build import build
 from vae_lab.config import register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import VaeLabError
-from vae_lab.memory import keep_freed_memory
-from vae_lab.train import CONF_DIR, build, train_step
+from vae_lab.loop import TrainStep
+from vae_lab.train import CONF_DIR
 
-PLAIN_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "plain_vae.py"
 # every speed option off: vae_lab's data path alone; each option is then added on its own
 OPTIONS_OFF = [
     "trainer.channels_last=false",
@@ -56,13 +57,6 @@ class BenchError(RuntimeError):
     """A variant's process could not build or train."""
 
 
-def load_plain_module():
-    spec = importlib.util.spec_from_file_location("plain_vae", PLAIN_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def compose_config(overrides: list[str]):
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -70,22 +64,17 @@ def compose_config(overrides: list[str]):
 
 
 class LabTrainer:
-    """vae_lab's own training path (build, device-resident data, train_step) run a few steps at a time."""
+    """vae_lab's own training path (build, device-resident data, TrainStep) run a few steps at a time."""
 
     def __init__(self, overrides: list[str], data: ImageData, batch_size: int, device: torch.device):
         cfg = compose_config([*overrides, f"trainer.batch_size={batch_size}"])
-        if cfg.trainer.keep_freed_memory:
-            keep_freed_memory()  # as vae_lab.train.run does: for the whole process
-        self.model, self.loss, self.optimizer = build(cfg, device)
-        self.forward_model = torch.compile(self.model) if cfg.trainer.compile else self.model
-        self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
-        self.precision = cfg.trainer.precision
+        self.step = TrainStep.from_settings(*build(cfg, device), cfg.trainer)
         self.data, self.batch_size = data, batch_size
         self.generator = torch.Generator().manual_seed(0)
         self.batches = iter(())
 
     def steps(self, count: int) -> int:
-        self.forward_model.train()
+        self.step.train()
         images = 0
         for _ in range(count):
             indices = next(self.batches, None)
@@ -97,9 +86,8 @@ class LabTrainer:
                     self.data.train_images.device,
                 )
                 indices = next(self.batches)
-            x = self.data.train_batch(indices).contiguous(memory_format=self.memory_format)
-            train_step(self.forward_model, self.loss, self.optimizer, x, self.precision)
-            images += len(x)
+            self.step(self.data.train_batch(indices))
+            images += len(indices)
         return images
 
 
@@ -108,7 +96,7 @@ def serve_variant(spec: dict) -> None:
     device = resolve_device(spec["device"])
     try:
         if spec["overrides"] is None:
-            trainer = load_plain_module().PlainTrainer(spec["data_root"], spec["batch_size"], str(device))
+            trainer = plain_vae.PlainTrainer(spec["data_root"], spec["batch_size"], str(device))
         else:
             data = instantiate(compose_config([f"data.root={spec['data_root']}"]).data).to(device)
             trainer = LabTrainer(spec["overrides"], data, spec["batch_size"], device)
@@ -221,15 +209,18 @@ def startup_probe(data_root: str, device: str) -> None:
     """What a training run does before its first step: compose, build, load the data, step once."""
     cfg = compose_config([f"data.root={data_root}", f"device={device}"])
     device = resolve_device(cfg.device)
-    model, loss, optimizer = build(cfg, device)
+    step = TrainStep.from_settings(*build(cfg, device), cfg.trainer)
     data = instantiate(cfg.data).to(device)
     indices = next(
         shuffled_batches(len(data.train_images), cfg.trainer.batch_size, torch.Generator(), device)
     )
-    train_step(
-        model, loss, optimizer, data.train_batch(indices).contiguous(memory_format=torch.channels_last)
-    )
+    step(data.train_batch(indices))
     print("first step done", flush=True)
+
+
+def say(line: str) -> None:
+    """A progress line on stdout, at once (the whole bench takes minutes)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {line}", flush=True)
 
 
 def run_benchmark(
@@ -237,8 +228,8 @@ def run_benchmark(
     device: str = "cpu",
     batch_size: int = 128,
     warmup_steps: int = 5,
-    window_steps: int = 20,
-    rounds: int = 7,
+    window_steps: int = 15,
+    rounds: int = 5,
     with_compile: bool = True,
 ) -> dict:
     """Measure every variant in interleaved windows; give back the numbers (see the module docstring)."""
@@ -257,17 +248,22 @@ def run_benchmark(
     try:
         for variant in variants.values():
             variant.answer()  # ready: built, data loaded
+        say(f"{len(variants)} variants built, each in a process of its own; warming up")
         warmup_s = {name: v.ask(f"steps {warmup_steps}")["seconds"] for name, v in variants.items()}
         speeds: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(rounds):
+        for round_number in range(1, rounds + 1):
             for name, variant in variants.items():  # one at a time: the others wait on their stdin
                 window = variant.ask(f"steps {window_steps}")
                 speeds[name].append(window["images"] / window["seconds"])
+            say(
+                f"round {round_number}/{rounds}: plain {speeds['plain'][-1]:.0f} img/s, "
+                f"vae_lab {speeds['vae_lab'][-1]:.0f} img/s"
+            )
         peak_rss = {name: v.ask("memory")["peak_rss_mib"] for name, v in variants.items()}
     finally:
         for variant in variants.values():
             variant.close()
-    flops = flops_per_image(load_plain_module(), batch_size, torch_device)
+    flops = flops_per_image(plain_vae, batch_size, torch_device)
     peak = matmul_peak_gflops(torch_device)
     results = {}
     for name, samples in speeds.items():
@@ -326,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup-steps", type=int, default=5)
-    parser.add_argument("--window-steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--window-steps", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)

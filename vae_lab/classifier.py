@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from vae_lab.config import register_schemas
+from vae_lab.config import CONF_DIR, register_schemas
 from vae_lab.data import ImageData, in_order, resolve_root, shuffled_batches, to_float
 from vae_lab.errors import VaeLabError
 from vae_lab.runs import write_atomically
@@ -165,9 +165,7 @@ def load_or_train_for_config(cfg: DictConfig):
     return data, *load_or_train(data, cfg.data.root, cfg.evaluation.classifier, cfg.trainer.progress)
 
 
-@hydra.main(
-    config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="config", version_base="1.3"
-)
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Train (or find cached) the classifier for cfg.data with cfg.evaluation.classifier; log its accuracy."""
     try:

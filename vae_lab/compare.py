@@ -22,9 +22,10 @@ import torch
 import yaml
 from hydra.utils import instantiate
 
-from vae_lab import evaluate, plots
+from vae_lab import plots
 from vae_lab.errors import VaeLabError
-from vae_lab.runs import SUMMARY_FILE, find_runs, flatten, load_run, read_metrics
+from vae_lab.figures import figure_tensors
+from vae_lab.runs import find_runs, flatten, load_run, read_metrics, read_summary
 
 log = logging.getLogger("vae_lab.compare")
 HIDDEN_OVERRIDES = {"data.root", "trainer.progress", "device"}  # where and how, not what, was run
@@ -80,12 +81,8 @@ def flatten_numbers(data: dict[str, Any]) -> dict[str, float | None]:
 
 
 def read_row(run_dir: Path, base: Path) -> RunRow:
-    summary_path = run_dir / SUMMARY_FILE
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    except json.JSONDecodeError as error:
-        summary = {"status": "failed", "error": f"unreadable summary.json: {error}"}
-    if summary is None:
+    summary = read_summary(run_dir)
+    if not summary:
         status, error, metrics = "incomplete", "no summary.json: still running, or killed", {}
     else:
         status, error = summary.get("status", "unknown"), summary.get("error", "")
@@ -242,17 +239,18 @@ def draw_comparisons(rows: list[RunRow], out: Path, data_root: str | None, devic
         except VaeLabError as error:
             log.warning(f"figures skip {row.name}: {error}")
             continue
-        model, images = run.model, data.test_images.to(device)
+        data = data.to(torch.device(device))
+        tensors = figure_tensors(run.model, data, seed=0, samples=10)  # the run's own figures, ten of each
         name = label(row, keys)
-        latents.append((name, evaluate.encode_means(model, images).cpu()))
-        recons.append((name, evaluate.reconstruct(model, images[:10]).cpu()))
-        samples.append((name, model.sample(10, torch.Generator().manual_seed(0)).cpu()))
-        if model.latent_dim == 2:
-            grid, values = evaluate.decode_manifold(model)
-            manifolds.append((name, grid.cpu()))
+        latents.append((name, tensors.test_codes.cpu()))
+        recons.append((name, tensors.reconstructions.cpu()))
+        samples.append((name, tensors.samples.cpu()))
+        if tensors.manifold is not None:
+            manifolds.append((name, tensors.manifold.cpu()))
+            values = tensors.manifold_values
         test_inputs, test_labels, class_names = (
-            data.test_images[:10] / 255,
-            data.test_labels,
+            tensors.test_inputs.cpu(),
+            data.test_labels.cpu(),
             data.class_names,
         )
     if latents:

@@ -1,131 +1,32 @@
-"""The typed config schema (Hydra ConfigStore) and the range checks that run before training.
+"""The typed config schema (Hydra ConfigStore): each key's type and allowed values, checked in one place.
 
-The dataclasses catch misspelt keys and wrong types when Hydra composes the config;
-`check_config` catches values of the right type that make no sense (a latent size of 0).
+The values themselves, defaults included, live in conf/*.yaml only. The dataclasses catch misspelt
+keys and wrong types when Hydra composes the config; `check_config` walks them and checks each value
+against the range its field declares (a latent size of 0 is an int, and still refused).
 """
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from vae_lab.data import BINARIZE_CHOICES
 from vae_lab.errors import ConfigError
 
 
-@dataclass
-class DataSchema:
-    """What every data set takes; each conf/data/*.yaml extends it with its own schema below."""
-
-    _target_: str = MISSING
-    root: str = "data"  # data sets (and caches) live under it; VAE_LAB_DATA wins
-    limit: Optional[int] = None  # train on the first N training images
+def _config_dir() -> Path:
+    """conf/ of a checkout or editable install, else the copy an installed wheel holds (vae_lab/conf)."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    return checkout if (checkout / "config.yaml").is_file() else Path(__file__).resolve().parent / "conf"
 
 
-@dataclass
-class IdxDataSchema(DataSchema):
-    """MNIST and Fashion-MNIST (four IDX files)."""
-
-    download: bool = True
-    binarize: str = "none"  # none, or dynamic (Bernoulli-sampled pixels, the binarised-MNIST literature)
-
-
-@dataclass
-class CelebASchema(DataSchema):
-    download: bool = True  # torchvision's Google Drive download; often fails (README: CelebA by hand)
-    attribute: str = "Smiling"  # the labels: this column of list_attr_celeba.txt
-    image_size: int = 64
-    crop_size: int = 148  # centre crop of the 178x218 aligned faces, before the resize
-
-
-@dataclass
-class ImageFolderSchema(DataSchema):
-    path: Optional[str] = None  # a folder in ImageFolder layout: path/<class>/<image>
-    image_size: int = 64  # shorter side resized to it, then a centre square crop
-    channels: int = 3  # 3: RGB, 1: grey
-    test_share: float = 0.1  # of each class, for the test split
-
-
-# conf/data/<name>.yaml lists its schema first in its defaults
-DATA_SCHEMAS = {
-    "idx_schema": IdxDataSchema,
-    "celeba_schema": CelebASchema,
-    "image_folder_schema": ImageFolderSchema,
-}
-
-
-@dataclass
-class ModelSchema:
-    _target_: str = MISSING
-    latent_dim: int = 2
-    encoder: Any = MISSING
-    decoder: Any = MISSING
-
-
-@dataclass
-class OptimizerSchema:
-    _target_: str = "torch.optim.Adam"
-    lr: float = 1e-3
-    foreach: Optional[bool] = None  # torch's multi-tensor update; None lets torch choose
-    fused: Optional[bool] = None  # one fused kernel for the whole update (CPU and CUDA)
-
-
-@dataclass
-class TrainerSchema:
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 250
-    threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
-    progress: bool = True  # a tqdm bar per epoch
-    channels_last: bool = True  # NHWC memory format for conv models: faster convolutions on CPU
-    compile: bool = False  # torch.compile the training forward pass (its compile time counts in the run)
-    precision: str = "fp32"  # fp32, or bf16: bfloat16 autocast of the forward pass
-    keep_freed_memory: bool = True  # glibc malloc keeps freed memory for the next step (vae_lab/memory.py)
-    resume: bool = False  # go on from the checkpoint in the run folder (hydra.run.dir=<that folder>)
-
-
-@dataclass
-class ClassifierSchema:
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 2e-3
-    seed: int = 0
-    max_shift: int = 2  # random shifts of the training images, in pixels
-
-
-@dataclass
-class EvaluationSchema:
-    enabled: bool = True  # the metrics of vae_lab/metrics.py after training, into summary.json
-    iwae_k: int = 100  # importance samples per image; nested bounds at K = 1, 10, 100 from the same draws
-    iwae_images: int = 1000  # a fixed, class-stratified subset of the test split
-    mi_images: int = 1000  # images for the mutual information estimate
-    knn_k: int = 5
-    knn_train_images: int = 10000  # the first N training images' codes fit the kNN vote
-    prior_samples: int = 10000  # decoded draws from N(0, I) judged by the classifier
-    classifier: ClassifierSchema = field(default_factory=ClassifierSchema)
-
-
-@dataclass
-class Config:
-    data: DataSchema = field(default_factory=DataSchema)
-    model: ModelSchema = field(default_factory=ModelSchema)
-    loss: Any = MISSING
-    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
-    trainer: TrainerSchema = field(default_factory=TrainerSchema)
-    evaluation: EvaluationSchema = field(default_factory=EvaluationSchema)
-    logger: Any = MISSING  # conf/logger/*.yaml: where numbers and figures go besides the run folder
-    seed: int = 0
-    device: str = "auto"
-
-
-def register_schemas() -> None:
-    """Store the schema under the name conf/config.yaml lists first in its defaults."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
-    for name, node in DATA_SCHEMAS.items():
-        ConfigStore.instance().store(group="data", name=name, node=node)
+CONF_DIR = _config_dir()  # absolute: works from any module or folder
+BINARIZE_CHOICES = ("none", "dynamic")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _is_int(value: Any) -> bool:
@@ -136,63 +37,199 @@ def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
-def _positive_int(value: Any) -> bool:
-    return _is_int(value) and value > 0
-
-
-def _positive_number(value: Any) -> bool:
-    return _is_number(value) and value > 0
-
-
-def _non_negative_number(value: Any) -> bool:
-    return _is_number(value) and value >= 0
-
-
-def _optional_positive_int(value: Any) -> bool:
-    return value is None or _positive_int(value)
-
-
 def _device_name(value: Any) -> bool:
     return isinstance(value, str) and (value in ("auto", "cpu", "cuda") or value.startswith("cuda:"))
 
 
-# key -> (test, what is allowed); keys absent from a config (a loss without kl_weight) are skipped
-RULES = {
-    "model.latent_dim": (_positive_int, "a positive integer"),
-    "trainer.epochs": (_positive_int, "a positive integer"),
-    "trainer.batch_size": (_positive_int, "a positive integer"),
-    "trainer.eval_batch_size": (_positive_int, "a positive integer"),
-    "trainer.threads": (_optional_positive_int, "a positive integer, or null for torch's default"),
-    "optimizer.lr": (_positive_number, "a positive, finite number"),
-    "loss.recon_weight": (_non_negative_number, "a non-negative, finite number"),
-    "loss.kl_weight": (_non_negative_number, "a non-negative, finite number"),
-    "data.limit": (_optional_positive_int, "a positive integer, or null for the whole training split"),
-    "evaluation.iwae_k": (_positive_int, "a positive integer"),
-    "evaluation.iwae_images": (_positive_int, "a positive integer"),
-    "evaluation.mi_images": (_positive_int, "a positive integer"),
-    "evaluation.knn_k": (_positive_int, "a positive integer"),
-    "evaluation.knn_train_images": (_positive_int, "a positive integer"),
-    "evaluation.prior_samples": (_positive_int, "a positive integer"),
-    "evaluation.classifier.epochs": (_positive_int, "a positive integer"),
-    "data.binarize": (lambda value: value in BINARIZE_CHOICES, f"one of {', '.join(BINARIZE_CHOICES)}"),
-    "data.image_size": (lambda value: _is_int(value) and value >= 8, "an integer of at least 8 (pixels)"),
-    "data.crop_size": (_positive_int, "a positive integer (pixels, at most 178 for CelebA)"),
-    "data.channels": (lambda value: value in (1, 3), "1 (grey) or 3 (RGB)"),
-    "data.test_share": (lambda value: _is_number(value) and 0 < value < 1, "a number between 0 and 1"),
-    "trainer.precision": (lambda value: value in ("fp32", "bf16"), "one of fp32, bf16"),
-    "seed": (_is_int, "an integer"),
-    "device": (_device_name, "one of auto, cpu, cuda or cuda:N"),
+def checked(test: Callable[[Any], bool], allowed: str, optional: bool = False) -> Any:
+    """A schema field with no default (the YAML gives it) whose value must pass `test` (or be null, if
+    optional)."""
+    return field(default=MISSING, metadata={"test": test, "allowed": allowed, "optional": optional})
+
+
+def positive_int(optional_means: str = "") -> Any:
+    allowed = "a positive integer" + (f", or null {optional_means}" if optional_means else "")
+    return checked(lambda v: _is_int(v) and v > 0, allowed, optional=bool(optional_means))
+
+
+def positive_number() -> Any:
+    return checked(lambda v: _is_number(v) and v > 0, "a positive, finite number")
+
+
+def non_negative_number() -> Any:
+    return checked(lambda v: _is_number(v) and v >= 0, "a non-negative, finite number")
+
+
+def one_of(*choices: Any) -> Any:
+    return checked(lambda v: v in choices, f"one of {', '.join(map(str, choices))}")
+
+
+@dataclass
+class DataSchema:
+    """What every data set takes; each conf/data/*.yaml extends it with its own schema below."""
+
+    _target_: str = MISSING
+    root: str = MISSING  # data sets (and caches) live under it; VAE_LAB_DATA wins
+    limit: Optional[int] = positive_int("for the whole training split")
+
+
+@dataclass
+class IdxDataSchema(DataSchema):
+    """MNIST and Fashion-MNIST (four IDX files)."""
+
+    download: bool = MISSING
+    binarize: str = one_of(*BINARIZE_CHOICES)
+
+
+@dataclass
+class CelebASchema(DataSchema):
+    download: bool = MISSING
+    attribute: str = MISSING  # the labels: this column of list_attr_celeba.txt
+    image_size: int = checked(lambda v: _is_int(v) and v >= 8, "an integer of at least 8 (pixels)")
+    crop_size: int = positive_int()  # pixels, at most 178 for CelebA's aligned faces
+
+
+@dataclass
+class ImageFolderSchema(DataSchema):
+    path: Optional[str] = MISSING  # a folder in ImageFolder layout: path/<class>/<image>
+    image_size: int = checked(lambda v: _is_int(v) and v >= 8, "an integer of at least 8 (pixels)")
+    channels: int = one_of(1, 3)
+    test_share: float = checked(lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1")
+
+
+@dataclass
+class ModelSchema:
+    _target_: str = MISSING
+    latent_dim: int = positive_int()
+    encoder: Any = MISSING
+    decoder: Any = MISSING
+
+
+@dataclass
+class GaussianLikelihoodSchema:
+    _target_: str = MISSING
+    variance: float = positive_number()  # per pixel in [0, 1] units
+
+
+@dataclass
+class ReconstructionSchema:
+    _target_: str = MISSING
+    recon_weight: float = non_negative_number()
+    likelihood: Any = MISSING
+
+
+@dataclass
+class KLSchema:
+    _target_: str = MISSING
+    kl_weight: float = non_negative_number()
+    likelihood: Any = MISSING  # the reconstruction it logs (not optimised)
+
+
+@dataclass
+class ELBOSchema(ReconstructionSchema):
+    kl_weight: float = non_negative_number()
+
+
+@dataclass
+class OptimizerSchema:
+    _target_: str = MISSING
+    lr: float = positive_number()
+    foreach: Optional[bool] = MISSING
+    fused: Optional[bool] = MISSING
+
+
+@dataclass
+class TrainerSchema:
+    epochs: int = positive_int()
+    batch_size: int = positive_int()
+    eval_batch_size: int = positive_int()
+    threads: Optional[int] = positive_int("for torch's default")
+    progress: bool = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    precision: str = one_of(*PRECISIONS)
+    keep_freed_memory: bool = MISSING
+    resume: bool = MISSING
+
+
+@dataclass
+class ClassifierSchema:
+    epochs: int = positive_int()
+    batch_size: int = positive_int()
+    lr: float = positive_number()
+    seed: int = checked(_is_int, "an integer")
+    max_shift: int = checked(lambda v: _is_int(v) and v >= 0, "a non-negative integer (pixels)")
+
+
+@dataclass
+class EvaluationSchema:
+    enabled: bool = MISSING
+    iwae_k: int = positive_int()
+    iwae_images: int = positive_int()
+    mi_images: int = positive_int()
+    knn_k: int = positive_int()
+    knn_train_images: int = positive_int()
+    prior_samples: int = positive_int()
+    classifier: ClassifierSchema = field(default_factory=ClassifierSchema)
+
+
+@dataclass
+class Config:
+    data: DataSchema = field(default_factory=DataSchema)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    loss: Any = MISSING  # conf/loss/*.yaml name their schema below
+    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    evaluation: EvaluationSchema = field(default_factory=EvaluationSchema)
+    logger: Any = MISSING  # conf/logger/*.yaml: where numbers and figures go besides the run folder
+    seed: int = checked(_is_int, "an integer")
+    device: str = checked(_device_name, "one of auto, cpu, cuda or cuda:N")
+
+
+# group -> {name a conf/<group>/*.yaml lists first in its defaults: schema}
+GROUP_SCHEMAS = {
+    "data": {
+        "idx_schema": IdxDataSchema,
+        "celeba_schema": CelebASchema,
+        "image_folder_schema": ImageFolderSchema,
+    },
+    "loss": {"recon_schema": ReconstructionSchema, "kl_schema": KLSchema, "elbo_schema": ELBOSchema},
+    "loss/likelihood": {"gaussian_schema": GaussianLikelihoodSchema},
 }
 
 
+def register_schemas() -> None:
+    """Store the schema under the name conf/config.yaml lists first in its defaults, and the groups'."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=group, name=name, node=node)
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first key whose value is out of range."""
-    for key, (is_valid, allowed) in RULES.items():
-        value = OmegaConf.select(cfg, key, default="<absent>")
-        if value == "<absent>":
+    """Raise ConfigError naming the first key whose value is outside the range its schema field declares."""
+    for key, value, check in _checked_values(cfg, ""):
+        if value is None and check["optional"]:
             continue
-        if not is_valid(value):
-            raise ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}.")
+        if value is None or not check["test"](value):
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be {check['allowed']}.")
+
+
+def _checked_values(node: DictConfig, prefix: str):
+    """Yield (key, value, check) for every field with a check in the typed nodes under node."""
+    schema = OmegaConf.get_type(node)
+    checks = (
+        {f.name: f.metadata for f in fields(schema) if "test" in f.metadata} if is_dataclass(schema) else {}
+    )
+    for name in node.keys():
+        key = f"{prefix}{name}"
+        if name in checks:
+            yield key, OmegaConf.select(node, str(name)), checks[name]
+        else:
+            child = node._get_node(name)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                yield from _checked_values(child, f"{key}.")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -207,3 +244,34 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
+
+
+# conf/loss/*.yaml before likelihoods were picked by _target_: `likelihood: gaussian` and
+# `gaussian_variance: V` beside the weights. Run folders and checkpoints written then are read through it.
+LEGACY_LIKELIHOODS = {
+    "bernoulli": lambda variance: {"_target_": "vae_lab.losses.BernoulliLikelihood"},
+    "gaussian": lambda variance: {"_target_": "vae_lab.losses.GaussianLikelihood", "variance": variance},
+}
+
+
+def upgrade_legacy_loss(loss: dict) -> dict:
+    """Give back a loss config of the first format (a likelihood's name) in today's (its _target_ node)."""
+    if not isinstance(loss.get("likelihood"), str):
+        return loss
+    upgraded = {key: value for key, value in loss.items() if key not in ("likelihood", "gaussian_variance")}
+    name, variance = loss["likelihood"], loss.get("gaussian_variance", 0.01)
+    if name not in LEGACY_LIKELIHOODS:
+        raise ConfigError(f"loss.likelihood={name!r} is not allowed: it must be one of bernoulli, gaussian.")
+    return upgraded | {"likelihood": LEGACY_LIKELIHOODS[name](variance)}
+
+
+def upgrade_legacy_overrides(arguments: list[str]) -> list[str]:
+    """Give back command-line overrides with the first format's likelihood keys in today's spelling:
+    loss.likelihood=gaussian -> loss/likelihood=gaussian,
+    loss.gaussian_variance=V -> loss.likelihood.variance=V."""
+    renamed = {"loss.likelihood": "loss/likelihood", "loss.gaussian_variance": "loss.likelihood.variance"}
+    upgraded = []
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        upgraded.append(f"{renamed[key]}={value}" if equals and key in renamed else argument)
+    return upgraded

@@ -4,9 +4,10 @@ Each loss is a class picked by conf/loss/*.yaml through `_target_`, with the wei
 terms as constructor arguments. Every loss gives back all its parts in nats per image, so
 every run logs reconstruction and KL whatever it optimises.
 
-Convention: reconstruction is -log p(x|z) summed over pixels (and channels). By default p(x|z) is
-Bernoulli: BCE summed over pixels, which equals the article's `784 * mean BCE` on 28x28 images.
-`likelihood="gaussian"` takes p(x|z) = N(x; sigmoid(logits), gaussian_variance * I) instead.
+Convention: reconstruction is -log p(x|z) summed over pixels (and channels). p(x|z) is a likelihood
+object, also picked by `_target_` (conf/loss/likelihood/*.yaml): Bernoulli by default, BCE summed over
+pixels, which equals the article's `784 * mean BCE` on 28x28 images; or Gaussian,
+N(x; sigmoid(logits), variance * I). Each likelihood knows its own floor, the least -log p(x|z) of an image.
 """
 
 import math
@@ -16,7 +17,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from vae_lab.errors import ConfigError
 from vae_lab.models.autoencoder import ModelOutput
 
 
@@ -45,6 +45,15 @@ def gaussian_nats_per_image(logits: torch.Tensor, images: torch.Tensor, variance
     return squared_error / (2 * variance) + 0.5 * pixels * math.log(2 * math.pi * variance)
 
 
+def binary_entropy_nats_per_image(images: torch.Tensor) -> torch.Tensor:
+    """Give back sum_pixels H(x) of images in [0, 1]: the lowest BCE any model can reach on each (B,).
+
+    BCE(x, p) = H(x) + KL(Bernoulli(x) || Bernoulli(p)) >= H(x), with equality at p = x.
+    """
+    x = images.flatten(1).double().clamp(0, 1)
+    return -(torch.special.xlogy(x, x) + torch.special.xlogy(1 - x, 1 - x)).sum(1)
+
+
 class BernoulliLikelihood:
     """p(x|z): independent Bernoulli pixels of probability sigmoid(logits), the article's choice."""
 
@@ -53,8 +62,21 @@ class BernoulliLikelihood:
     def nats_per_image(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return bce_nats_per_image(logits, images)
 
-    def settings(self) -> dict:
-        return {"likelihood": self.name}
+    def floor_nats(self, images: torch.Tensor, chunk: int = 10000) -> float:
+        """Give back the lowest mean -log p(x|z) any decoder can reach on uint8 images: their binary
+        entropy (BCE on grey pixels is not a normalised likelihood, so its floor is above zero)."""
+        total = 0.0
+        for start in range(0, len(images), chunk):  # float64 copies of a large split add up
+            batch = images[start : start + chunk]
+            total += binary_entropy_nats_per_image(batch.float().div_(255)).mean().item() * len(batch)
+        return total / len(images)
+
+    def summary(self, floor: float) -> dict:
+        """The likelihood's own entries of summary.json's metrics.likelihood."""
+        return {"bce_floor": floor}
+
+    def __repr__(self) -> str:
+        return "BernoulliLikelihood()"
 
 
 class GaussianLikelihood:
@@ -62,68 +84,48 @@ class GaussianLikelihood:
 
     name = "gaussian"
 
-    def __init__(self, variance: float):
-        self.variance = variance
+    def __init__(self, variance: float = 0.01):
+        self.variance = float(variance)
 
     def nats_per_image(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return gaussian_nats_per_image(logits, images, self.variance)
 
-    def floor_nats(self, pixels: int) -> float:
+    def floor_nats(self, images: torch.Tensor) -> float:
         """The lowest -log p(x|z) of an image: the constant reached where the mean equals x."""
-        return 0.5 * pixels * math.log(2 * math.pi * self.variance)
+        return 0.5 * images[0].numel() * math.log(2 * math.pi * self.variance)
 
-    def settings(self) -> dict:
-        return {"likelihood": self.name, "gaussian_variance": self.variance}
+    def summary(self, floor: float) -> dict:
+        return {"bce_floor": None, "gaussian_floor": floor, "gaussian_variance": self.variance}
+
+    def __repr__(self) -> str:
+        return f"GaussianLikelihood(variance={self.variance!r})"
 
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+def gaussian_kl_terms(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Give back 1 + log sigma^2 - mu^2 - sigma^2 per dimension: -1/2 of it is KL(q(z_d|x) || N(0, 1)).
 
-
-def make_likelihood(likelihood: str = "bernoulli", gaussian_variance: float = 0.01):
-    """Give back the pixel likelihood named in conf/loss/*.yaml, after checking its settings."""
-    if likelihood not in LIKELIHOODS:
-        raise ConfigError(
-            f"loss.likelihood={likelihood!r} is not allowed: it must be one of {', '.join(LIKELIHOODS)}."
-        )
-    if likelihood == "bernoulli":
-        return BernoulliLikelihood()
-    variance = gaussian_variance
-    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not 0 < variance < math.inf:
-        raise ConfigError(
-            f"loss.gaussian_variance={variance!r} is not allowed: it must be a positive, finite number "
-            "(the variance of each pixel in [0, 1] units; 0.01 is a standard deviation of 0.1)."
-        )
-    return GaussianLikelihood(float(variance))
+    Closed form from Kingma and Welling 2014, appendix B.
+    """
+    return 1 + log_var - mean.pow(2) - log_var.exp()
 
 
 def gaussian_kl_nats_per_image(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """Give back KL(N(mean, exp(log_var)) || N(0, I)) per image: (B,).
-
-    Closed form from Kingma and Welling 2014, appendix B:
-    -1/2 * sum(1 + log sigma^2 - mu^2 - sigma^2).
-    """
-    return -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(1)
+    """Give back KL(N(mean, exp(log_var)) || N(0, I)) per image: -1/2 sum(1 + log s^2 - mu^2 - s^2) (B,)."""
+    return -0.5 * gaussian_kl_terms(mean, log_var).sum(1)
 
 
 class WeightedLoss:
     """recon_weight * reconstruction + kl_weight * KL; a weight of 0 leaves its term out of the graph.
 
-    likelihood: "bernoulli" (BCE, the default) or "gaussian" (sum of squared errors / (2 gaussian_variance)
-    + a constant); gaussian_variance is unused under Bernoulli.
+    likelihood: the pixel likelihood p(x|z) (conf/loss/likelihood/*.yaml), Bernoulli when not given.
     """
 
     requires_posterior = False  # True where the loss cannot be computed without q(z|x)
 
-    def __init__(
-        self,
-        recon_weight: float,
-        kl_weight: float,
-        likelihood: str = "bernoulli",
-        gaussian_variance: float = 0.01,
-    ):
+    def __init__(self, recon_weight: float, kl_weight: float, likelihood=None):
         self.recon_weight = float(recon_weight)
         self.kl_weight = float(kl_weight)
-        self.likelihood = make_likelihood(likelihood, gaussian_variance)
+        self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
 
     def __call__(self, output: ModelOutput, images: torch.Tensor) -> LossParts:
         recon = self.likelihood.nats_per_image(output.recon_logits, images).mean()
@@ -138,34 +140,27 @@ class WeightedLoss:
         return LossParts(total=total, recon=recon, kl=kl)
 
     def __repr__(self) -> str:
-        settings = "".join(f", {key}={value!r}" for key, value in self.likelihood.settings().items())
-        if self.likelihood.name == "bernoulli":
-            settings = ""  # the default, left out
+        likelihood = "" if self.likelihood.name == "bernoulli" else f", likelihood={self.likelihood!r}"
         return (
-            f"{type(self).__name__}(recon_weight={self.recon_weight}, kl_weight={self.kl_weight}{settings})"
+            f"{type(self).__name__}(recon_weight={self.recon_weight}, kl_weight={self.kl_weight}{likelihood})"
         )
 
 
 class Reconstruction(WeightedLoss):
     """Reconstruction only: the plain autoencoder's loss (the VAE's KL is still logged)."""
 
-    def __init__(
-        self, recon_weight: float = 1.0, likelihood: str = "bernoulli", gaussian_variance: float = 0.01
-    ):
-        super().__init__(recon_weight, 0.0, likelihood, gaussian_variance)
+    def __init__(self, recon_weight: float = 1.0, likelihood=None):
+        super().__init__(recon_weight, 0.0, likelihood)
 
 
 class KL(WeightedLoss):
-    """KL only: pulls every posterior onto the prior and ignores reconstruction."""
+    """KL only: pulls every posterior onto the prior and ignores reconstruction (still logged, under
+    the likelihood)."""
 
     requires_posterior = True
 
-    def __init__(
-        self, kl_weight: float = 1.0, likelihood: str = "bernoulli", gaussian_variance: float = 0.01
-    ):
-        super().__init__(
-            0.0, kl_weight, likelihood, gaussian_variance
-        )  # the likelihood: for the logged recon
+    def __init__(self, kl_weight: float = 1.0, likelihood=None):
+        super().__init__(0.0, kl_weight, likelihood)
 
 
 class ELBO(WeightedLoss):
@@ -173,11 +168,5 @@ class ELBO(WeightedLoss):
 
     requires_posterior = True
 
-    def __init__(
-        self,
-        recon_weight: float = 1.0,
-        kl_weight: float = 1.0,
-        likelihood: str = "bernoulli",
-        gaussian_variance: float = 0.01,
-    ):
-        super().__init__(recon_weight, kl_weight, likelihood, gaussian_variance)
+    def __init__(self, recon_weight: float = 1.0, kl_weight: float = 1.0, likelihood=None):
+        super().__init__(recon_weight, kl_weight, likelihood)

@@ -1,4 +1,5 @@
-"""A run folder's files: metrics.jsonl, summary.json, checkpoint.pt, and `load_run` to read them back."""
+"""A run folder's files: metrics.jsonl and summary.json (written atomically), finding runs, and `load_run`
+to read one back (the checkpoint's own format: vae_lab/checkpoint.py)."""
 
 import json
 import os
@@ -6,7 +7,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -66,11 +67,15 @@ def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    """Give back summary.json's contents, or {} where there is none (yet) or it cannot be read."""
+    """Give back summary.json's contents: {} where there is none (yet), a failed record where it cannot
+    be read. The one reader of summary.json: the app, `load_run` and `compare` all call it."""
+    path = Path(run_dir) / SUMMARY_FILE
     try:
-        return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
+        return json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as error:
+        return {"status": "failed", "error": f"unreadable summary.json: {error}"}
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -78,27 +83,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    write_atomically(Path(run_dir) / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary))
-
-
-def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Give back a run's checkpoint; a damaged file gives a RunFolderError naming it."""
-    path = Path(run_dir) / CHECKPOINT_FILE
-    try:
-        # weights_only: no code runs from a checkpoint file
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # truncated: RuntimeError or EOFError; overwritten: UnpicklingError
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RunFolderError(
-            f"{path} cannot be read ({reason}): the file is truncated or corrupt. vae_lab writes "
-            "checkpoints atomically, so it was damaged afterwards (a copy cut short?). Copy it again, "
-            "or start the run afresh in a new folder."
-        ) from error
 
 
 def flatten(tree: Any, sep: str = ".", lists: bool = False, prefix: str = "") -> dict[str, Any]:
@@ -112,33 +96,6 @@ def flatten(tree: Any, sep: str = ".", lists: bool = False, prefix: str = "") ->
     for key, value in tree.items():
         flat.update(flatten(value, sep, lists, f"{prefix}{sep}{key}" if prefix else str(key)))
     return flat
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Give back 'key: saved -> current' for every key whose value differs between two config trees."""
-    saved_flat, current_flat = flatten(saved), flatten(current)
-    missing = "(absent)"
-    return [
-        f"{key}: {saved_flat.get(key, missing)!r} in the checkpoint, {current_flat.get(key, missing)!r} now"
-        for key in sorted(saved_flat.keys() | current_flat.keys())
-        if saved_flat.get(key, missing) != current_flat.get(key, missing)
-    ]
-
-
-def read_hydra_files(run_dir: Path) -> dict[str, str]:
-    """Give back the text of the run's .hydra/*.yaml files, by name."""
-    folder = Path(run_dir) / CONFIG_FILE.parent
-    return {path.name: path.read_text() for path in sorted(folder.glob("*.yaml"))}
-
-
-def restore_hydra_files(run_dir: Path, files: dict[str, str]) -> None:
-    """Put back .hydra/*.yaml files that Hydra overwrote when a later command reused the folder."""
-    for name, text in files.items():
-
-        def write(temporary: str, text: str = text) -> None:
-            Path(temporary).write_text(text)
-
-        write_atomically(Path(run_dir) / CONFIG_FILE.parent / name, write)
 
 
 def _natural_key(path: Path) -> list:
@@ -175,10 +132,12 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
             f"{run_dir} is not a finished vae_lab run: it has no {', '.join(map(str, missing))}. "
             "Point at a folder that `python -m vae_lab.train` wrote, such as outputs/<date>/<time>."
         )
+    from vae_lab import checkpoint  # here: the checkpoint module writes through this one's helpers
+
     config = OmegaConf.load(run_dir / CONFIG_FILE)
     model = instantiate(config.model)
-    model.load_state_dict(load_checkpoint(run_dir)["model"])
+    model.load_state_dict(checkpoint.load(run_dir).model)
     model.to(device).eval()
-    summary_path = run_dir / SUMMARY_FILE
-    summary: Optional[dict] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return Run(path=run_dir, config=config, model=model, summary=summary, metrics=read_metrics(run_dir))
+    return Run(
+        path=run_dir, config=config, model=model, summary=read_summary(run_dir), metrics=read_metrics(run_dir)
+    )

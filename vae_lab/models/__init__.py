@@ -1,6 +1,6 @@
 """Encoders, decoders, and the autoencoder and VAE that pair them."""
 
-from vae_lab.models.autoencoder import VAE, Autoencoder, ModelOutput, Posterior
+from vae_lab.models.autoencoder import VAE, Autoencoder, ModelOutput, Posterior, reparameterise
 from vae_lab.models.conv import ConvDecoder, ConvEncoder
 from vae_lab.models.layers import FastConvTranspose2d, FastDropout
 from vae_lab.models.mlp import MLPDecoder, MLPEncoder
@@ -16,4 +16,5 @@ __all__ = [
     "MLPEncoder",
     "ModelOutput",
     "Posterior",
+    "reparameterise",
 ]

@@ -33,6 +33,12 @@ class Posterior(NamedTuple):
     log_var: torch.Tensor
 
 
+def reparameterise(mean: torch.Tensor, log_var: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Give back z = mean + sigma * noise, a draw from N(mean, exp(log_var)) for noise ~ N(0, I) (Kingma and
+    Welling 2014's reparameterisation trick: the draw is differentiable in mean and log_var)."""
+    return mean + torch.exp(0.5 * log_var) * noise
+
+
 class _EncoderDecoder(nn.Module):
     """What both models share: the pair, decoding and sampling from the prior."""
 
@@ -89,6 +95,5 @@ class VAE(_EncoderDecoder):
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
         mean, log_var = self.encode(images)
-        # reparameterisation trick: z = mean + sigma * eps, eps ~ N(0, I)
-        code = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+        code = reparameterise(mean, log_var, torch.randn_like(mean))
         return ModelOutput(recon_logits=self.decoder(code), code=code, mean=mean, log_var=log_var)

@@ -1,0 +1,168 @@
+"""A trained model run over many images in batches: losses, codes, decodings and importance draws.
+
+Every function here is under torch.no_grad and puts the model in eval mode; images come in as the
+data sets keep them (uint8), results go out as tensors for vae_lab/metrics.py and vae_lab/plots.py.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+from vae_lab.data import in_order, to_float
+from vae_lab.models.autoencoder import reparameterise
+
+
+def posterior_mean(model, images: torch.Tensor) -> torch.Tensor:
+    """Give back the code of float images: the posterior mean for a VAE, the code for an autoencoder."""
+    encoded = model.encode(images)
+    return encoded.mean if model.is_variational else encoded
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model, loss, images: torch.Tensor, batch_size: int, seed: int = 0
+) -> dict[str, float | None]:
+    """Give back the split's mean total, reconstruction and KL in nats per image.
+
+    The VAE's single-sample estimate draws its noise from a fixed seed, so the same model
+    gives the same numbers every time (load_run relies on it).
+    """
+    model.eval()
+    sums = {"total": 0.0, "recon": 0.0, "kl": 0.0}
+    has_kl = True
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in in_order(len(images), batch_size):
+            x = to_float(images[batch])
+            parts = loss(model(x), x)
+            weight = len(x)
+            sums["total"] += parts.total.item() * weight
+            sums["recon"] += parts.recon.item() * weight
+            if parts.kl is None:
+                has_kl = False
+            else:
+                sums["kl"] += parts.kl.item() * weight
+    result = {key: value / len(images) for key, value in sums.items()}
+    if not has_kl:
+        result["kl"] = None
+    return result
+
+
+@torch.no_grad()
+def encode_means(model, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Give back the code of each image (the posterior mean for a VAE): (N, latent_dim)."""
+    model.eval()
+    return torch.cat([posterior_mean(model, to_float(images[b])) for b in in_order(len(images), batch_size)])
+
+
+@torch.no_grad()
+def encode_posteriors(
+    model, images: torch.Tensor, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give back the VAE's posterior means and log-variances of the images: (N, D) each."""
+    model.eval()
+    pairs = [model.encode(to_float(images[b])) for b in in_order(len(images), batch_size)]
+    return torch.cat([p.mean for p in pairs]), torch.cat([p.log_var for p in pairs])
+
+
+@torch.no_grad()
+def reconstruct(model, images: torch.Tensor) -> torch.Tensor:
+    """Give back the decoded codes of uint8 images as pixel probabilities."""
+    model.eval()
+    return model.decode(posterior_mean(model, to_float(images)))
+
+
+@torch.no_grad()
+def decode_in_batches(model, codes: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Give back the pixel probabilities of many codes, decoded a batch at a time."""
+    model.eval()
+    return torch.cat([model.decode(codes[b]) for b in in_order(len(codes), batch_size)])
+
+
+def manifold_values(size: int = 15) -> np.ndarray:
+    """Give back the article's grid values: equally spaced quantiles of N(0, 1)."""
+    return norm.ppf(np.linspace(0.01, 0.99, size))
+
+
+@torch.no_grad()
+def decode_manifold(model, size: int = 15) -> tuple[torch.Tensor, np.ndarray]:
+    """Give back (size*size decoded images in row-major order, the grid values) for a 2-d latent.
+
+    Row i has z2 = values[size - 1 - i] (top row is the largest), column j has z1 = values[j].
+    """
+    model.eval()
+    values = manifold_values(size)
+    z1, z2 = np.meshgrid(values, values[::-1])
+    codes = torch.tensor(np.stack([z1.ravel(), z2.ravel()], axis=1), dtype=torch.float32)
+    device = next(model.parameters()).device
+    return model.decode(codes.to(device)), values
+
+
+@dataclass
+class ImportanceDraws:
+    """k draws z ~ q(z|x) per image and the pixel log-likelihood of each: what IWAE bounds need."""
+
+    z: torch.Tensor  # (k, N, D)
+    mean: torch.Tensor  # (N, D)
+    log_var: torch.Tensor  # (N, D)
+    log_px_z: torch.Tensor  # (k, N): log p(x|z) under the given pixel likelihood
+
+
+@torch.no_grad()
+def importance_draws(
+    model, images: torch.Tensor, k: int, likelihood, max_decodes: int = 1000
+) -> ImportanceDraws:
+    """Give back k posterior draws per image with log p(x|z), at most max_decodes decodings at once."""
+    model.eval()
+    chunks = []
+    for batch in in_order(len(images), max(1, max_decodes // k)):
+        x = to_float(images[batch])
+        mean, log_var = model.encode(x)
+        z = reparameterise(mean, log_var, torch.randn(k, *mean.shape, device=mean.device))  # (k, b, D)
+        logits = model.decoder(z.flatten(0, 1)).view(k, *x.shape)
+        targets = x.expand(k, *x.shape).flatten(0, 1)
+        log_px_z = -likelihood.nats_per_image(logits.flatten(0, 1), targets).view(k, -1)
+        chunks.append((z, mean, log_var, log_px_z))
+    z, mean, log_var, log_px_z = zip(*chunks, strict=True)
+    return ImportanceDraws(torch.cat(z, 1), torch.cat(mean), torch.cat(log_var), torch.cat(log_px_z, 1))
+
+
+@torch.no_grad()
+def interpolations(model, images: torch.Tensor, labels: torch.Tensor, pairs: int = 8, steps: int = 10):
+    """Give back decoded straight lines between codes of test images of different classes.
+
+    With fewer classes than pairs, later pairs join other images of the same classes.
+    """
+    present = labels.unique().tolist()
+    per_class = -(-2 * pairs // len(present))  # enough images of each class for every line's ends
+    members = [torch.nonzero(labels == c).flatten()[:per_class].tolist() for c in present]
+    firsts = [m[0] for m in members] if len(present) >= pairs else _interleave(members)
+    starts = [firsts[i % len(firsts)] for i in range(pairs)]
+    ends = [firsts[(i + 1 + i // len(firsts)) % len(firsts)] for i in range(pairs)]
+    codes = posterior_mean(model.eval(), to_float(images[starts + ends]))
+    a, b = codes[:pairs], codes[pairs:]
+    weights = torch.linspace(0, 1, steps, device=codes.device).view(1, steps, 1)
+    path = a.unsqueeze(1) * (1 - weights) + b.unsqueeze(1) * weights  # (pairs, steps, D)
+    return model.decode(path.flatten(0, 1))
+
+
+def _interleave(lists: list[list[int]]) -> list[int]:
+    """[[a1, a2], [b1], [c1, c2]] -> [a1, b1, c1, a2, c2]."""
+    longest = max(len(items) for items in lists)
+    return [items[i] for i in range(longest) for items in lists if i < len(items)]
+
+
+@torch.no_grad()
+def traversals(model, centre: torch.Tensor, dims: int = 16, steps: int = 9, span: float = 3.0):
+    """Give back (decodings of each latent dimension varied in turn from -span to span around centre,
+    how many dimensions)."""
+    model.eval()
+    dims = min(dims, model.latent_dim)
+    offsets = torch.linspace(-span, span, steps, device=centre.device)
+    codes = centre.repeat(dims, steps, 1)  # (dims, steps, D)
+    for d in range(dims):
+        codes[d, :, d] = centre[d] + offsets
+    return model.decode(codes.flatten(0, 1)), dims

@@ -1,0 +1,265 @@
+"""The training loop, with no Hydra in it: one step, one epoch, and `fit`, read top to bottom.
+
+`TrainStep` owns every speed option (memory format, compile, precision, the allocator's setting):
+training, the bench and the tests all step through it, so the three cannot drift apart.
+"""
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm import tqdm
+
+from vae_lab import checkpoint as checkpoints
+from vae_lab.checkpoint import Checkpoint, EpochPosition
+from vae_lab.data import ImageData, shuffled_batches
+from vae_lab.errors import VaeLabError
+from vae_lab.inference import evaluate_loss
+from vae_lab.losses import LossParts
+from vae_lab.memory import keep_freed_memory
+from vae_lab.runs import write_metrics
+from vae_lab.stopping import RunInterrupted, StopSignals
+
+log = logging.getLogger("vae_lab")
+
+
+class TrainingDiverged(VaeLabError):
+    """The training loss became NaN or infinite."""
+
+
+class TrainStep:
+    """One optimisation step of model on loss, with the speed options that change how, never what,
+    it computes (docs/speed.md).
+
+    channels_last: NHWC weights and batches (faster convolutions on CPU). compile: torch.compile the
+    forward pass (it shares the model's parameters). precision="bf16": the forward pass under bfloat16
+    autocast; the loss, the gradients and the optimiser stay in fp32. keep_freed_memory: glibc keeps
+    freed memory for the next step (a process-wide setting, vae_lab/memory.py).
+    """
+
+    def __init__(
+        self,
+        model,
+        loss,
+        optimizer,
+        channels_last: bool = True,
+        compile: bool = False,
+        precision: str = "fp32",
+        keep_freed_memory: bool = False,
+    ):
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            model.to(memory_format=torch.channels_last)  # conv weights in NHWC, like the batches
+        self.forward_model = torch.compile(model) if compile else model
+        self.precision = precision
+        if keep_freed_memory:
+            _keep_freed_memory()
+
+    @classmethod
+    def from_settings(cls, model, loss, optimizer, trainer) -> "TrainStep":
+        """The step with the speed options of a trainer config (conf/trainer/*.yaml)."""
+        return cls(
+            model,
+            loss,
+            optimizer,
+            channels_last=trainer.channels_last,
+            compile=trainer.compile,
+            precision=trainer.precision,
+            keep_freed_memory=trainer.keep_freed_memory,
+        )
+
+    def train(self) -> None:
+        self.forward_model.train()
+
+    def __call__(self, batch: torch.Tensor) -> LossParts:
+        """Take one optimisation step on a batch of float images; give back the loss's parts."""
+        x = batch.contiguous(memory_format=self.memory_format)
+        bf16 = self.precision == "bf16"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            output = self.forward_model(x)
+        parts = self.loss(output.float() if bf16 else output, x)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        self.optimizer.step()
+        return parts
+
+
+_keep_freed_memory = keep_freed_memory  # TrainStep's argument of the same name hides the function
+
+
+def train_epoch(
+    step: TrainStep,
+    data: ImageData,
+    batch_size: int,
+    generator: torch.Generator,
+    position: Optional[EpochPosition] = None,
+    stop: Optional[StopSignals] = None,
+    progress: bool = False,
+    desc: str = "",
+) -> Optional[dict[str, Optional[float]]]:
+    """Run one pass over the training images; give back mean total, recon and KL in nats per image.
+
+    From `position` on, where given (it is updated step by step). Where `stop` is requested before
+    the last batch, give back None: `position` then says where to go on.
+    """
+    step.train()
+    images = data.train_images
+    if position is None:
+        position = EpochPosition(epoch=0, order_rng=generator.get_state())
+    generator.set_state(position.order_rng)  # the same permutation when an epoch is taken up again
+    batches = shuffled_batches(len(images), batch_size, generator, images.device)
+    num_batches = -(-len(images) // batch_size)
+    # nats x images so far, kept on the device: no sync per step
+    sums = {
+        name: torch.tensor(value, device=images.device)
+        for name, value in zip(PARTS, position.sums, strict=True)
+    }
+    started = time.perf_counter()
+    remaining = itertools.islice(batches, position.step, None)
+    bar = tqdm(
+        remaining, total=num_batches, initial=position.step, desc=desc, leave=False, disable=not progress
+    )
+    for indices in bar:
+        parts = step(data.train_batch(indices))
+        if not torch.isfinite(parts.total):  # a sync per step, small beside the step itself
+            raise TrainingDiverged(
+                f"the training loss became {parts.total.item()} at epoch {position.epoch}, step "
+                f"{position.step + 1} of {num_batches}: training stopped. Try a smaller optimizer.lr."
+            )
+        position.has_kl = parts.kl is not None
+        kl = parts.kl.detach() if position.has_kl else torch.zeros((), device=images.device)
+        for name, value in zip(PARTS, (parts.total.detach(), parts.recon.detach(), kl), strict=True):
+            sums[name] += value * len(indices)
+        position.step += 1
+        if stop is not None and stop.requested and position.step < num_batches:
+            break
+    position.sums = [sums[name].item() for name in PARTS]
+    position.train_s += time.perf_counter() - started
+    if position.step < num_batches:
+        return None
+    means = {name: (sums[name] / len(images)).item() for name in PARTS}
+    return means | {"kl": means["kl"] if position.has_kl else None}
+
+
+PARTS = ("total", "recon", "kl")  # the order of EpochPosition.sums in a checkpoint
+
+
+@dataclass
+class FitSettings:
+    """What `fit` reads of the config: the trainer's numbers and what a checkpoint records."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    seed: int  # orders the training images; fixes the test loss's noise
+    progress: bool
+    resume_config: dict[str, Any]  # checkpoint.resume_key_config of the run
+    hydra_files: dict[str, str]  # the run's .hydra/*.yaml, kept in each checkpoint
+
+
+def fit(
+    step: TrainStep,
+    data: ImageData,
+    settings: FitSettings,
+    run_dir: Path,
+    checkpoint: Optional[Checkpoint] = None,
+    stop: Optional[StopSignals] = None,
+    logger=None,
+) -> dict[str, Any]:
+    """Train up to settings.epochs from `checkpoint` (or from scratch), checkpointing every epoch and
+    when a stop signal arrives; give back the last epoch's record."""
+    generator = torch.Generator().manual_seed(settings.seed)  # the order of the training images
+    history: list[dict[str, Any]] = []
+    position: Optional[EpochPosition] = None
+    if checkpoint is not None:
+        checkpoint.restore(step.model, step.optimizer, generator)
+        history, position = checkpoint.history, checkpoint.position
+        log.info(
+            f"resuming after epoch {checkpoint.epoch}"
+            + (f", step {position.step} of epoch {position.epoch}" if position else "")
+        )
+        write_metrics(run_dir, history)  # drops a line written after the checkpoint, before a kill
+
+    def save(position: Optional[EpochPosition]) -> None:
+        checkpoints.save(
+            run_dir,
+            Checkpoint(
+                model=step.model.state_dict(),
+                optimizer=step.optimizer.state_dict(),
+                epoch=len(history),
+                history=history,
+                torch_rng=torch.get_rng_state(),
+                cuda_rng=checkpoints.cuda_rng_states(),
+                order_rng=generator.get_state(),
+                config=settings.resume_config,
+                hydra_files=settings.hydra_files,
+                position=position,
+            ),
+        )
+
+    for epoch in range(len(history) + 1, settings.epochs + 1):
+        if position is None:
+            position = EpochPosition(epoch=epoch, order_rng=generator.get_state())
+        start = time.perf_counter()
+        desc = f"epoch {epoch}/{settings.epochs}"
+        train = train_epoch(
+            step, data, settings.batch_size, generator, position, stop, settings.progress, desc
+        )
+        if train is None:  # a stop signal: keep the epoch's place
+            save(position)
+            stop_now(stop, run_dir, f"epoch {epoch}, step {position.step}")
+        test = evaluate_loss(step.model, step.loss, data.test_images, settings.eval_batch_size, settings.seed)
+        history.append(
+            epoch_record(epoch, train, test, position, time.perf_counter() - start, len(data.train_images))
+        )
+        position = None
+        save(None)  # the checkpoint first: metrics.jsonl is rewritten from it on resume
+        write_metrics(run_dir, history)
+        if logger is not None:
+            logger.log_epoch(history[-1])
+        log.info(
+            f"epoch {epoch}/{settings.epochs}  train: {format_parts(train)}  |  test: {format_parts(test)}  "
+            f"|  {history[-1]['train_s']:.1f} s, {history[-1]['train_images_per_s']:.0f} img/s"
+        )
+        if stop is not None and stop.requested:
+            stop_now(stop, run_dir, f"the end of epoch {epoch}")
+    return history[-1]
+
+
+def epoch_record(
+    epoch: int, train: dict, test: dict, position: EpochPosition, eval_s: float, images: int
+) -> dict:
+    """Give back one line of metrics.jsonl: the epoch's losses and how long it took."""
+    return {
+        "epoch": epoch,
+        "train": train,
+        "test": test,
+        "train_s": round(position.train_s, 3),
+        "epoch_s": round(position.train_s + eval_s, 3),
+        "train_images_per_s": round(images / position.train_s, 1),
+    }
+
+
+def format_parts(numbers: dict[str, Optional[float]]) -> str:
+    """Give back 'total T  recon R  kl K' of a loss record (kl n/a for a deterministic model)."""
+    kl = "n/a" if numbers["kl"] is None else f"{numbers['kl']:.2f}"
+    return f"total {numbers['total']:.2f}  recon {numbers['recon']:.2f}  kl {kl}"
+
+
+def stop_now(stop: StopSignals, run_dir: Path, where: str) -> None:
+    """After the checkpoint is saved: hand the signal to submitit (it requeues the job), or stop the run."""
+    log.warning(f"{stop.name} received: checkpoint saved at {where} in {run_dir}")
+    hand_over = stop.hand_over()
+    if hand_over is not None:
+        hand_over()  # submitit requeues the job into the same folder and exits
+    raise RunInterrupted(
+        f"stopped by {stop.name} at {where}; the checkpoint is saved. Go on with the same command plus "
+        f"`trainer.resume=true hydra.run.dir={run_dir}` (a sweep: the same command plus "
+        "`hydra.sweep.dir=<its folder>`).",
+        stop.signum,
+    )
