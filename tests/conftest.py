@@ -65,6 +65,7 @@ FAST_EVALUATION = [
     "evaluation.iwae_images=50",
     "evaluation.mi_images=50",
     "evaluation.prior_samples=300",
+    "evaluation.hole_draws=500",
     "evaluation.classifier.epochs=1",
 ]
 

@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 
-from tests.conftest import REPO, python
+from tests.conftest import REPO, python, write_fake_mnist
 from vae_lab.build import build
 from vae_lab.config import check_config, register_schemas, resolve_device
 from vae_lab.errors import ConfigError
@@ -139,6 +139,7 @@ def _train_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
         ("loss=nonsense", "Available options in 'loss'"),
         ("trainer.epochs=ten", "trainer.epochs"),
         ("model.latnt_dim=4", "latnt_dim"),
+        ("+trainer.epoch=3", "trainer.epoch is not a key vae_lab knows: did you mean trainer.epochs?"),
     ],
 )
 def test_bad_input_on_the_command_line_gives_one_message_and_no_traceback(tmp_path, override, expected):
@@ -146,6 +147,21 @@ def test_bad_input_on_the_command_line_gives_one_message_and_no_traceback(tmp_pa
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     assert expected in result.stderr + result.stdout
+
+
+def test_a_run_folder_that_cannot_be_made_is_said_in_one_line(tmp_path):
+    result = _train_cli("hydra.run.dir=/proc/vae_lab_run", cwd=tmp_path)  # /proc looks writable to root
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    assert "cannot make the output folder /proc/vae_lab_run" in result.stderr
+
+
+def test_a_model_made_for_other_images_is_refused_before_training_naming_both_shapes(tmp_path):
+    root = write_fake_mnist(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    result = _train_cli("model=vae_celeba", f"data.root={root}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    assert "the model makes 3x64x64 images, and the data's are 1x28x28" in result.stderr + result.stdout
+    assert not (run_dir / "checkpoint.pt").exists()
 
 
 def test_a_run_that_fails_its_checks_is_marked_failed_in_its_folder(tmp_path):

@@ -2,10 +2,12 @@
 
 import hashlib
 import json
+import math
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import FAST_EVALUATION, python, write_fake_mnist
 from vae_lab.compare import flatten_numbers
@@ -48,6 +50,16 @@ def test_a_vae_run_logs_every_metric(vae_summary):
     assert 0 <= metrics["separability"]["knn_accuracy"] <= 1
     assert 1 <= metrics["prior_samples"]["inception_score"] <= 10
     assert 0 < metrics["evaluation_s"] < summary["wall_time_s"]
+    latent = metrics["latent"]
+    assert latent["mutual_information"] <= latent["mutual_information_max"] == pytest.approx(math.log(50))
+    holes = metrics["latent_holes"]["prior"]
+    assert 0 <= holes["hole_mass"] <= 1 and holes["prior_draws"] == 500 and holes["hole_mass_se"] > 0
+    prior = metrics["prior_samples"]
+    assert 0 <= prior["recognised_share"] <= prior["confident_share"] <= 1
+    assert prior["coverage_lowest_class"] <= prior["coverage"] <= prior["coverage_highest_class"]
+    assert len(prior["coverage_per_class"]) == 10 and prior["density"] >= 0
+    real = metrics["classifier"]["real_data"]
+    assert 0.5 < real["coverage"] <= 1 and real["density"] > 0 and real["real_distance_threshold"] > 0
     for name in ("class_histogram.png", "interpolation.png"):
         assert name in summary["figures"] and (run_dir / name).is_file()
 
@@ -56,8 +68,40 @@ def test_an_autoencoder_gets_fitted_gaussian_samples_and_traversals(tmp_path, da
     summary = train(tmp_path / "ae", data_root, "model=mlp_ae", "loss=recon", "model.latent_dim=3")
     metrics = summary["metrics"]
     assert "iwae" not in metrics and metrics["likelihood"]["negative_elbo"] is None
+    holes = metrics["latent_holes"]
+    assert set(holes) == {"prior", "fitted_gaussian"} and "bandwidth" in holes["prior"]
+    assert 0 <= metrics["fitted_gaussian_samples"]["coverage"] <= 1
     assert set(metrics["fitted_gaussian_samples"]) == set(metrics["prior_samples"])
     assert "traversal.png" in summary["figures"] and (tmp_path / "ae" / "traversal.png").is_file()
+
+
+def test_a_vae_collapsed_onto_the_prior_decoding_grey_is_judged_as_kl_only_training_leaves_it(data_root):
+    """The KL-only run: every posterior is the prior and the decoder's output is one grey image. The
+    confident-only share can read anything; the recognised share must be 0, the hole mass 0.05 and the
+    KL of the aggregate posterior and the mutual information 0."""
+    from hydra import compose, initialize_config_dir
+
+    from vae_lab.config import CONF_DIR, register_schemas
+    from vae_lab.data import load_mnist
+    from vae_lab.evaluate import evaluate_model
+    from vae_lab.models import VAE, MLPDecoder, MLPEncoder
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*FAST_EVALUATION, "evaluation.hole_draws=4000"])
+    model = VAE(2, MLPEncoder((1, 28, 28), hidden=16), MLPDecoder(2, (1, 28, 28), hidden=16))
+    with torch.no_grad():
+        for layer in (model.to_mean, model.to_log_var, model.decoder.body[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()  # posterior N(0, I) for every image; logits 0: every pixel 0.5
+    data = load_mnist(str(data_root), download=False)
+    metrics, _ = evaluate_model(model, data, cfg.evaluation, 0, str(data_root), progress=False)
+    assert metrics["prior_samples"]["recognised_share"] == 0.0
+    assert metrics["prior_samples"]["coverage"] < 0.05  # one image repeated covers almost nothing
+    holes = metrics["latent_holes"]["prior"]
+    assert holes["hole_mass"] == pytest.approx(0.05, abs=4 * holes["hole_mass_se"] + 0.005)
+    assert abs(holes["kl_q_p"]) < 1e-9 and holes["kl_reliable"]
+    assert abs(metrics["latent"]["mutual_information"]) < 1e-6
 
 
 def _digests(run_dir: Path) -> dict[str, str]:

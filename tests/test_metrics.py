@@ -58,7 +58,7 @@ def test_knn_accuracy_on_codes_that_are_a_function_of_the_label():
 def test_prior_sample_scores_of_a_perfect_classifier():
     even = torch.eye(10).repeat(100, 1)  # every class alike, each sample certain
     scores = metrics.prior_sample_scores(even)
-    assert scores["recognised_share"] == 1.0 and scores["mean_confidence"] == 1.0
+    assert scores["confident_share"] == 1.0 and scores["mean_confidence"] == 1.0
     assert scores["class_entropy_share"] == pytest.approx(1.0)
     assert scores["classes_covered"] == 10
     assert scores["inception_score"] == pytest.approx(10.0)
@@ -67,7 +67,7 @@ def test_prior_sample_scores_of_a_perfect_classifier():
     assert collapsed["classes_covered"] == 1 and collapsed["inception_score"] == pytest.approx(1.0)
     assert collapsed["class_entropy_share"] == pytest.approx(0.0)
     unsure = metrics.prior_sample_scores(torch.full((50, 10), 0.1))
-    assert unsure["recognised_share"] == 0.0 and unsure["mean_confidence"] == pytest.approx(0.1)
+    assert unsure["confident_share"] == 0.0 and unsure["mean_confidence"] == pytest.approx(0.1)
 
 
 def test_frechet_distance_of_two_known_gaussians():

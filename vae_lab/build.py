@@ -38,3 +38,33 @@ def build(cfg: DictConfig, device: torch.device):
 def build_data(cfg: DictConfig, device: torch.device):
     """Give back the data set of cfg.data, on the device."""
     return instantiate_node(cfg.data, "data").to(device)
+
+
+def check_model_fits_data(model, images: torch.Tensor) -> None:
+    """Raise ConfigError, naming both shapes, where the model cannot encode the data's images and decode
+    them back to their own shape: a decoding and one forward pass on one image, before any training.
+
+    Both run in eval mode under a forked random state: the run's numbers are those it would have had
+    without the check.
+    """
+    shape = "x".join(map(str, images.shape[1:]))
+    was_training = model.training
+    problem = None
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+            model.eval()
+            made = tuple(model.decoder(torch.zeros(1, model.latent_dim, device=images.device)).shape[1:])
+            if made != tuple(images.shape[1:]):
+                problem = f"the model makes {'x'.join(map(str, made))} images, and the data's are {shape}"
+            else:
+                model(images[:1].float().div(255))
+    except RuntimeError as error:  # torch's shape errors
+        problem = f"the data's images are {shape}, and the model fails on one: {str(error).splitlines()[0]}"
+    finally:
+        model.train(was_training)
+    if problem:
+        raise ConfigError(
+            f"the model does not fit the data: {problem}. Pick a model for these images (model=vae, ae, "
+            "mlp_vae or mlp_ae for 1x28x28; model=vae_celeba for 3x64x64, or data.image_size and "
+            "data.channels of the data), or set model.encoder and model.decoder to their shape."
+        )

@@ -37,12 +37,21 @@ HEADLINE_METRICS = {
     "test_kl": "test KL",
     "metrics_iwae_nll_k100": "IWAE NLL K=100",
     "metrics_latent_mutual_information": "MI(x;z)",
+    "metrics_latent_mutual_information_max": "MI cap (log N)",
     "metrics_latent_active_units": "active units",
     "metrics_separability_knn_accuracy": "5-NN acc.",
-    "metrics_prior_samples_recognised_share": "samples recognised",
+    "metrics_prior_samples_recognised_share": "samples recognised (confident and real)",
+    "metrics_prior_samples_confident_share": "samples classified confidently",
+    "metrics_prior_samples_coverage": "coverage",
+    "metrics_prior_samples_density": "density",
+    "metrics_prior_samples_coverage_lowest_class": "lowest class coverage",
     "metrics_prior_samples_classes_covered": "digits covered",
-    "metrics_prior_samples_inception_score": "IS",
     "metrics_prior_samples_frechet_distance": "FD",
+    "metrics_latent_holes_prior_hole_mass": "prior mass in holes",
+    "metrics_latent_holes_prior_kl_q_p": "KL(q(z)||p(z))",
+    "metrics_latent_holes_fitted_gaussian_hole_mass": "holes under fitted Gaussian",
+    "metrics_fitted_gaussian_samples_recognised_share": "fitted-Gaussian samples recognised",
+    "metrics_fitted_gaussian_samples_coverage": "fitted-Gaussian coverage",
 }
 
 
@@ -161,6 +170,24 @@ def headline(header: list[str], body: list[list[Any]]) -> tuple[list[str], list[
     )
     names = [HEADLINE_METRICS.get(header[i], header[i]) for i in keep]
     return names, [[line[i] for i in keep] for line in body]
+
+
+REAL_DATA = {  # what a perfect model would get, from each run's summary (the same data set: the same numbers)
+    "metrics_classifier_real_data_coverage": "coverage",
+    "metrics_classifier_real_data_density": "density",
+    "metrics_classifier_real_data_coverage_lowest_class": "lowest class coverage",
+    "metrics_classifier_real_data_confident_share": "classified confidently",
+}
+
+
+def real_data_line(rows: list[RunRow]) -> str:
+    """Give back a sentence with the sample metrics of real images (training images judged as samples
+    against the test images), or "" where no run has them."""
+    for row in rows:
+        if all(key in row.metrics for key in REAL_DATA):
+            numbers = ", ".join(f"{name} {_cell(row.metrics[key])}" for key, name in REAL_DATA.items())
+            return f"\nReal data (training images as samples, against the test images): {numbers}.\n"
+    return ""
 
 
 def group(rows: list[RunRow], by: list[str] | None = None) -> tuple[list[str], list[list[Any]]]:
@@ -337,6 +364,9 @@ def compare(
         "Final test numbers in nats per image; every number the runs logged is in comparison.csv.\n",
         markdown(*headline(header, body)),
     ]
+    reference = real_data_line(rows)
+    if reference:
+        sections.append(reference)
     written = [out / "comparison.csv", out / "comparison.md"]
     grouped_header, grouped_body = group(rows, by)
     if by or any(count > 1 for count in (line[grouped_header.index("runs")] for line in grouped_body)):

@@ -5,6 +5,7 @@ keys and wrong types when Hydra composes the config; `check_config` walks them a
 against the range its field declares (a latent size of 0 is an int, and still refused).
 """
 
+import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -166,10 +167,13 @@ class EvaluationSchema:
     enabled: bool = MISSING
     iwae_k: int = positive_int()
     iwae_images: int = positive_int()
-    mi_images: int = positive_int()
+    mi_images: Optional[int] = positive_int("for every test image")
     knn_k: int = positive_int()
     knn_train_images: int = positive_int()
     prior_samples: int = positive_int()
+    coverage_k: int = positive_int()
+    real_quantile: float = checked(lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1")
+    hole_draws: int = positive_int()
     classifier: ClassifierSchema = field(default_factory=ClassifierSchema)
 
 
@@ -208,12 +212,33 @@ def register_schemas() -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first key whose value is outside the range its schema field declares."""
+    """Raise ConfigError naming the first key its schema does not know (a misspelling given with Hydra's
+    `+`), or the first value outside the range its schema field declares."""
+    for key, known in _unknown_keys(cfg, ""):
+        close = difflib.get_close_matches(key.rpartition(".")[2], known, n=1)
+        hint = f"did you mean {key.rpartition('.')[0]}.{close[0]}? " if close else ""
+        raise ConfigError(
+            f"{key} is not a key vae_lab knows: {hint}The keys there are {', '.join(known)} "
+            "(`python -m vae_lab.train --cfg job` prints the whole config)."
+        )
     for key, value, check in _checked_values(cfg, ""):
         if value is None and check["optional"]:
             continue
         if value is None or not check["test"](value):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be {check['allowed']}.")
+
+
+def _unknown_keys(node: DictConfig, prefix: str):
+    """Yield (key, the schema's keys) for every key of a typed node that its schema does not declare."""
+    schema = OmegaConf.get_type(node)
+    known = [f.name for f in fields(schema)] if is_dataclass(schema) else None
+    for name in node.keys():
+        if known is not None and name not in known:
+            yield f"{prefix}{name}", [key for key in known if not key.startswith("_")]
+            continue
+        child = node._get_node(name)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            yield from _unknown_keys(child, f"{prefix}{name}.")
 
 
 def _checked_values(node: DictConfig, prefix: str):

@@ -9,7 +9,6 @@ module runs the model (vae_lab/inference.py) and hands the tensors over.
 
 import argparse
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,6 @@ from vae_lab.data import ImageData, to_float
 from vae_lab.errors import RunFolderError, VaeLabError
 from vae_lab.figures import draw_run_figures
 from vae_lab.losses import ELBO, BernoulliLikelihood, Reconstruction
-from vae_lab.models import reparameterise
 from vae_lab.runs import SUMMARY_FILE, find_runs, load_run, write_json
 
 log = logging.getLogger("vae_lab.evaluate")
@@ -70,6 +68,7 @@ def evaluate_model(
             "bce_floor": None,
             "recon_above_floor": test["recon"] - floor,
         } | likelihood.summary(floor)
+        holes = torch.Generator().manual_seed(seed)  # the held-out split and the draws of the hole estimates
         if model.is_variational:
             mean, log_var = inference.encode_posteriors(model, data.test_images)
             subset = metrics.stratified_subset(data.test_labels, settings.iwae_images)
@@ -78,18 +77,30 @@ def evaluate_model(
             ks = tuple(sorted({k for k in (1, 10, 100, settings.iwae_k) if k <= settings.iwae_k}))
             bounds = metrics.iwae_bounds(log_weights, ks)
             result["iwae"] = {f"nll_k{k}": -bound for k, bound in bounds.items()} | {"images": len(subset)}
-            mi_subset = metrics.stratified_subset(data.test_labels, settings.mi_images)
-            z = reparameterise(mean[mi_subset], log_var[mi_subset], torch.randn_like(mean[mi_subset]))
+            mi = (
+                slice(None)
+                if settings.mi_images is None
+                else metrics.stratified_subset(data.test_labels, settings.mi_images)
+            )
             result["latent"] = {
                 "kl_per_dim": metrics.kl_per_dimension(mean, log_var).tolist(),
                 "active_units": metrics.active_units(mean),
-                "mutual_information": metrics.mutual_information(mean[mi_subset], log_var[mi_subset], z),
-                "mutual_information_max": math.log(len(mi_subset)),
+            } | metrics.mutual_information_all(mean[mi], log_var[mi], generator=holes)
+            result["latent_holes"] = {
+                "prior": metrics.aggregate_posterior_holes(
+                    mean, log_var, settings.hole_draws, settings.hole_draws, generator=holes
+                )
             }
             test_codes = mean
         else:
             test_codes = inference.encode_means(model, data.test_images)
             result["latent"] = {"active_units": metrics.active_units(test_codes)}
+            result["latent_holes"] = {
+                "prior": metrics.gaussian_kde_holes(test_codes, settings.hole_draws, generator=holes),
+                "fitted_gaussian": metrics.gaussian_kde_holes(
+                    test_codes, settings.hole_draws, fit_reference=True, generator=holes
+                ),
+            }
         knn_train = slice(0, settings.knn_train_images)  # the first N training images fit the kNN vote
         train_codes = inference.encode_means(model, data.train_images[knn_train])
         train_labels = data.train_labels[knn_train]
@@ -113,8 +124,16 @@ def evaluate_model(
             result["fitted_gaussian_samples"] = None
         result["classifier"] = None
         if classifier is not None:
+            # samples are judged against real images: in the classifier's features (density, coverage),
+            # and in pixels (is a sample as near its nearest training image as real test images are?)
             _, test_features = classify(classifier, data.test_images)
-            _, train_features = classify(classifier, data.train_images[: len(data.test_images)])
+            train_probabilities, train_features = classify(
+                classifier, data.train_images[: len(data.test_images)]
+            )
+            train_pixels = to_float(data.train_images[knn_train]).flatten(1)
+            test_nearest = metrics.nearest_distances(to_float(data.test_images).flatten(1), train_pixels)
+            real_distance = metrics.real_distance_threshold(test_nearest, settings.real_quantile)
+            classes = len(data.class_names)
             # (summary key, histogram name, codes to decode)
             draws = [
                 ("prior_samples", "N(0, I)", torch.randn(settings.prior_samples, latent, generator=generator))
@@ -126,12 +145,33 @@ def evaluate_model(
             for key, name, codes in draws:
                 samples = inference.decode_in_batches(model, codes.to(train_codes.device))
                 probabilities, features = classify(classifier, samples)
-                result[key] = metrics.prior_sample_scores(probabilities)
-                result[key]["frechet_distance"] = metrics.frechet_distance(features, test_features)
+                nearest = metrics.nearest_distances(samples.flatten(1), train_pixels)
+                fidelity = metrics.density_coverage(test_features, features, settings.coverage_k)
+                per_class = metrics.per_class_coverage(fidelity["covered"], data.test_labels, classes)
+                result[key] = metrics.prior_sample_scores(probabilities) | {
+                    "recognised_share": metrics.recognised_and_real(probabilities, nearest, real_distance),
+                    "density": fidelity["density"],
+                    "coverage": fidelity["coverage"],
+                    "coverage_lowest_class": per_class["lowest"],
+                    "coverage_highest_class": per_class["highest"],
+                    "coverage_per_class": per_class["per_class"],
+                    "frechet_distance": metrics.frechet_distance(features, test_features),
+                }
                 histograms[name] = metrics.class_histogram(probabilities)
+            real = metrics.density_coverage(test_features, train_features, settings.coverage_k)
+            real_per_class = metrics.per_class_coverage(real["covered"], data.test_labels, classes)
             result["classifier"] = {
                 "test_accuracy": accuracy,
                 "frechet_floor_train_vs_test": metrics.frechet_distance(train_features, test_features),
+                # what a perfect model would get: training images judged as samples against the test images
+                "real_data": {
+                    "confident_share": metrics.prior_sample_scores(train_probabilities)["confident_share"],
+                    "density": real["density"],
+                    "coverage": real["coverage"],
+                    "coverage_lowest_class": real_per_class["lowest"],
+                    "coverage_highest_class": real_per_class["highest"],
+                    "real_distance_threshold": real_distance,
+                },
             }
     result["evaluation_s"] = round(time.perf_counter() - started, 2)
     return result, histograms
@@ -170,10 +210,14 @@ def one_line(result: dict) -> str:
     parts.append(f"active units {result['latent']['active_units']}")
     if result["separability"]["knn_accuracy"] is not None:
         parts.append(f"kNN {result['separability']['knn_accuracy']:.3f}")
+    holes = result.get("latent_holes", {}).get("prior")
+    if holes is not None:
+        parts.append(f"prior mass in holes {holes['hole_mass']:.2f}")
     prior = result["prior_samples"]
     if prior is not None:
         parts.append(
-            f"samples recognised {prior['recognised_share']:.2f}, IS {prior['inception_score']:.2f}, "
+            f"samples recognised {prior['recognised_share']:.2f} (confident {prior['confident_share']:.2f}), "
+            f"coverage {prior['coverage']:.2f}, density {prior['density']:.2f}, "
             f"FD {prior['frechet_distance']:.1f}"
         )
     parts.append(f"{result['evaluation_s']:.0f} s")

@@ -102,7 +102,9 @@ def class_histogram(probabilities: torch.Tensor) -> torch.Tensor:
 def prior_sample_scores(probabilities: torch.Tensor, confident: float = 0.9) -> dict[str, float]:
     """Give back how recognisable and how varied decoded samples are, from a classifier's p(y|x).
 
-    - recognised_share: share with max p(y|x) >= `confident`; mean_confidence: mean of max p(y|x);
+    - confident_share: share with max p(y|x) >= `confident` (a classifier is confident on grey noise too:
+      recognised_and_real adds the check that a sample lies among real images); mean_confidence: mean
+      of max p(y|x);
     - class_entropy_share: entropy of the predicted-class histogram / log C (1: every class alike);
     - classes_covered: classes predicted for at least 1% of the samples;
     - inception_score: exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), at most C.
@@ -117,7 +119,7 @@ def prior_sample_scores(probabilities: torch.Tensor, confident: float = 0.9) -> 
         torch.special.xlogy(probabilities, probabilities) - torch.special.xlogy(probabilities, marginal)
     ).sum(1)
     return {
-        "recognised_share": (top >= confident).double().mean().item(),
+        "confident_share": (top >= confident).double().mean().item(),
         "mean_confidence": top.mean().item(),
         "class_entropy_share": entropy / math.log(classes),
         "classes_covered": int((histogram >= 0.01).sum().item()),

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_lab import checkpoint as checkpoints
 from vae_lab import evaluate
-from vae_lab.build import build, build_data, instantiate_node
+from vae_lab.build import build, build_data, check_model_fits_data, instantiate_node
 from vae_lab.checkpoint import Checkpoint
 from vae_lab.config import CONF_DIR, check_config, register_schemas, resolve_device, upgrade_legacy_overrides
 from vae_lab.errors import VaeLabError
@@ -54,6 +54,7 @@ def run(
     model, loss, optimizer = build(cfg, device)
     step = TrainStep.from_settings(model, loss, optimizer, cfg.trainer)
     data = build_data(cfg, device)
+    check_model_fits_data(model, data.test_images)
     log.info(
         f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters), "
         f"{loss!r}, {len(data.train_images):,} training images, device {device}"
@@ -240,19 +241,35 @@ def require_launcher_plugin(arguments: list[str]) -> None:
 
 
 def require_writable_output(arguments: list[str]) -> None:
-    """Exit with a message when the output folder cannot be made: Hydra would fail with a traceback."""
-    folder = Path("outputs")
-    for argument in arguments:
-        key, _, value = argument.partition("=")
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
-            folder = Path(value)
+    """Exit with a message when the output folder cannot be made: Hydra would fail with a traceback.
+
+    A folder given on the command line is made now, as Hydra would make it (a parent that looks
+    writable can still refuse, as /proc does); for the default outputs/ the nearest existing parent
+    must be a writable folder.
+    """
+    given = [
+        Path(value)
+        for key, _, value in (argument.partition("=") for argument in arguments)
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value
+    ]
+    folder = given[-1] if given else Path("outputs")
     existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    reason = (
+        None
+        if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+        else f"{existing} is not a writable folder"
+    )
+    if reason is None and given:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = f"{error.strerror or error}"
+    if reason is not None:
         raise SystemExit(
-            f"cannot make the output folder {folder}: {existing} is not a writable folder. Point "
-            "hydra.run.dir (a run) or hydra.sweep.dir (a sweep) at a folder you can write to."
+            f"cannot make the output folder {folder}: {reason}. Point hydra.run.dir (a run) or "
+            "hydra.sweep.dir (a sweep) at a folder you can write to."
         )
 
 
