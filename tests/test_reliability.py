@@ -339,3 +339,37 @@ def test_checkpoints_load_weights_only_so_no_code_runs_from_them(tmp_path):
     torch.save({"model": {}, "payload": DivergingLoss()}, tmp_path / "checkpoint.pt")  # an arbitrary object
     with pytest.raises(RunFolderError, match="cannot be read"):
         load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_written_before_the_format_was_versioned_still_loads(tmp_path):
+    """Format 1: the plain dict earlier versions saved, its loss config naming the likelihood."""
+    from vae_lab.checkpoint import FORMAT_VERSION
+
+    old_loss = {"_target_": "vae_lab.losses.ELBO", "recon_weight": 1.0, "kl_weight": 1.0}
+    state = {
+        "model": {"w": torch.ones(2)},
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 3,
+        "position": {
+            "epoch": 4,
+            "order_rng": torch.Generator().get_state(),
+            "step": 5,
+            "sums": [1.0, 2.0, 3.0],
+        },
+        "history": [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}],
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": [],
+        "order_rng": torch.Generator().get_state(),
+        "config": {"loss": old_loss | {"likelihood": "gaussian", "gaussian_variance": 0.05}, "seed": 0},
+        "hydra_files": {"config.yaml": "seed: 0\n"},
+    }
+    torch.save(state, tmp_path / "checkpoint.pt")
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint.format_version == FORMAT_VERSION and checkpoint.epoch == 3
+    assert checkpoint.position.step == 5 and checkpoint.position.sums == [1.0, 2.0, 3.0]
+    assert torch.equal(checkpoint.model["w"], torch.ones(2))
+    likelihood = {"_target_": "vae_lab.losses.GaussianLikelihood", "variance": 0.05}
+    assert checkpoint.config["loss"] == old_loss | {"likelihood": likelihood}  # today's spelling
+    torch.save(state | {"format_version": FORMAT_VERSION + 1}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunFolderError, match="not a checkpoint this vae_lab can read"):
+        load_checkpoint(tmp_path)

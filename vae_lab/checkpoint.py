@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lab.config import upgrade_legacy_loss
 from vae_lab.errors import ConfigError, RunFolderError
 from vae_lab.runs import CHECKPOINT_FILE, CONFIG_FILE, flatten, write_atomically
 
@@ -104,6 +105,8 @@ def from_state(state: Any, path: Path) -> Checkpoint:
     kept = {key: value for key, value in state.items() if key in names}
     position = kept.get("position")
     kept["position"] = EpochPosition(**position) if position else None
+    if version == 1 and isinstance(kept["config"].get("loss"), dict):  # its likelihood was a name then
+        kept["config"] = kept["config"] | {"loss": upgrade_legacy_loss(kept["config"]["loss"])}
     kept["format_version"] = FORMAT_VERSION
     return Checkpoint(**kept)
 
