@@ -170,7 +170,7 @@ def test_the_gaussian_likelihood_by_hand():
     parts = loss(ModelOutput(recon_logits=logits, code=torch.zeros(1, 2)), images)
     assert parts.recon.item() == pytest.approx(expected) and parts.total.item() == pytest.approx(expected)
     assert repr(ELBO()) == "ELBO(recon_weight=1.0, kl_weight=1.0)"  # the default is unchanged
-    with pytest.raises(ConfigError, match="loss.likelihood.variance=0 is not allowed"):
+    with pytest.raises(ConfigError, match="loss.likelihood.variance=0.0 is not allowed"):
         check_config(compose_run("loss/likelihood=gaussian", "loss.likelihood.variance=0"))
     with pytest.raises(ConfigError, match="loss.likelihood='laplace'"):
         upgrade_legacy_loss({"_target_": "vae_lab.losses.ELBO", "likelihood": "laplace"})

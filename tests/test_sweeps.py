@@ -294,3 +294,77 @@ def test_the_ablation_script_runs_its_jobs_at_once_trains_the_classifier_once_an
         assert summary["status"] == "completed" and summary["threads"] == 1
     assert len(list((fake_mnist_root / "classifiers").glob("*.pt"))) == 1  # trained once, before the jobs
     assert (sweep_dir / "comparison.md").is_file() and (sweep_dir / "latent_comparison.png").is_file()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below pid, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = set(), [pid]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found.update(below)
+        frontier.extend(below)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc (Linux)")
+def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_into_its_folder(
+    tmp_path, fake_mnist_root
+):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    import signal
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        python(),
+        "-m",
+        "vae_lab.train",
+        "-m",
+        f"data.root={fake_mnist_root}",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=mlp_vae",
+        "loss=recon,elbo",
+        *TINY,
+        "trainer.epochs=400",  # far longer than the test waits
+        "evaluation.enabled=false",
+    ]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(list(sweep_dir.glob("*/checkpoint.pt"))) < 2:  # both jobs have trained an epoch
+        assert parent.poll() is None and time.monotonic() < deadline, "the sweep did not start its two jobs"
+        time.sleep(0.5)
+    below = _descendants(parent.pid)
+    assert len(below) >= 2  # the two loky workers at least
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    time.sleep(30)
+    assert [pid for pid in below if _alive(pid)] == []
+    for job in job_dirs(sweep_dir):
+        assert json.loads((job / "summary.json").read_text())["status"] == "interrupted"
+        epochs_done = len((job / "metrics.jsonl").read_text().splitlines())
+        assert 1 <= epochs_done < 400
+    restarted = subprocess.run(
+        [*command[:-2], "trainer.epochs=2", "evaluation.enabled=false"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # epochs differ from the checkpoint's only in how far to go: the jobs resume, or find themselves done
+    assert restarted.returncode == 0, restarted.stderr[-3000:]

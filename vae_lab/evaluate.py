@@ -9,6 +9,7 @@ module runs the model (vae_lab/inference.py) and hands the tensors over.
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -146,30 +147,24 @@ def evaluate_model(
                 samples = inference.decode_in_batches(model, codes.to(train_codes.device))
                 probabilities, features = classify(classifier, samples)
                 nearest = metrics.nearest_distances(samples.flatten(1), train_pixels)
-                fidelity = metrics.density_coverage(test_features, features, settings.coverage_k)
-                per_class = metrics.per_class_coverage(fidelity["covered"], data.test_labels, classes)
                 result[key] = metrics.prior_sample_scores(probabilities) | {
                     "recognised_share": metrics.recognised_and_real(probabilities, nearest, real_distance),
-                    "density": fidelity["density"],
-                    "coverage": fidelity["coverage"],
-                    "coverage_lowest_class": per_class["lowest"],
-                    "coverage_highest_class": per_class["highest"],
-                    "coverage_per_class": per_class["per_class"],
+                    **fidelity_or_none(
+                        test_features, features, data.test_labels, classes, settings.coverage_k
+                    ),
                     "frechet_distance": metrics.frechet_distance(features, test_features),
                 }
                 histograms[name] = metrics.class_histogram(probabilities)
-            real = metrics.density_coverage(test_features, train_features, settings.coverage_k)
-            real_per_class = metrics.per_class_coverage(real["covered"], data.test_labels, classes)
+            real = fidelity_or_none(
+                test_features, train_features, data.test_labels, classes, settings.coverage_k
+            )
             result["classifier"] = {
                 "test_accuracy": accuracy,
                 "frechet_floor_train_vs_test": metrics.frechet_distance(train_features, test_features),
                 # what a perfect model would get: training images judged as samples against the test images
                 "real_data": {
                     "confident_share": metrics.prior_sample_scores(train_probabilities)["confident_share"],
-                    "density": real["density"],
-                    "coverage": real["coverage"],
-                    "coverage_lowest_class": real_per_class["lowest"],
-                    "coverage_highest_class": real_per_class["highest"],
+                    **{key: value for key, value in real.items() if key != "coverage_per_class"},
                     "real_distance_threshold": real_distance,
                 },
             }
@@ -188,6 +183,22 @@ def load_classifier(data: ImageData, settings, data_root: str, progress: bool):
         return None, None
     classifier, accuracy, _ = load_or_train(data, data_root, settings.classifier, progress)
     return classifier, accuracy
+
+
+def fidelity_or_none(real_features, fake_features, labels, classes: int, k: int) -> dict:
+    """metrics.density_coverage and per-class coverage of samples against real images; None each (with a
+    warning) where there are no more real images than k, so no radius is defined."""
+    names = ("density", "coverage", "coverage_lowest_class", "coverage_highest_class", "coverage_per_class")
+    if len(real_features) <= k:
+        log.warning(
+            f"density and coverage: skipped, {len(real_features)} test images are not more than k={k}"
+        )
+        return dict.fromkeys(names)
+    fidelity = metrics.density_coverage(real_features, fake_features, k)
+    per_class = metrics.per_class_coverage(fidelity["covered"], labels, classes)
+    values = (fidelity["density"], fidelity["coverage"], per_class["lowest"], per_class["highest"])
+    shares = [None if math.isnan(share) else share for share in per_class["per_class"]]  # None: no image
+    return dict(zip(names, (*values, shares), strict=True))
 
 
 def knn_or_none(train_codes, train_labels, test_codes, test_labels, k: int) -> float | None:
@@ -215,10 +226,10 @@ def one_line(result: dict) -> str:
         parts.append(f"prior mass in holes {holes['hole_mass']:.2f}")
     prior = result["prior_samples"]
     if prior is not None:
+        shown = {key: "n/a" if prior[key] is None else f"{prior[key]:.2f}" for key in ("coverage", "density")}
         parts.append(
             f"samples recognised {prior['recognised_share']:.2f} (confident {prior['confident_share']:.2f}), "
-            f"coverage {prior['coverage']:.2f}, density {prior['density']:.2f}, "
-            f"FD {prior['frechet_distance']:.1f}"
+            f"coverage {shown['coverage']}, density {shown['density']}, FD {prior['frechet_distance']:.1f}"
         )
     parts.append(f"{result['evaluation_s']:.0f} s")
     return "metrics: " + "  |  ".join(parts)

@@ -550,7 +550,7 @@ def gaussian_kde_holes(
         chunk,
         bootstrap,
     )
-    result["bandwidth"] = bandwidth
+    result["bandwidth"] = bandwidth.tolist()
     return result
 
 

@@ -6,8 +6,12 @@ Taken over, each only where its current handler would end the run without a chec
   submitit's own handler, which requeues the job into the same folder; the job resumes from the
   checkpoint by itself. Without submitit, SIGUSR2 acts as SIGTERM.
 A second Ctrl-C stops at once, without waiting for the step to end.
+
+A job also stops, as on SIGHUP, when the process that started it is gone: a killed launcher (a joblib
+sweep's parent after SIGKILL, a closed terminal) leaves no worker training on.
 """
 
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -35,9 +39,13 @@ def _takes_over(signum: int, handler: Any) -> bool:
 class StopSignals:
     """Within `with StopSignals() as stop:`, `stop.requested` turns true when a stop signal arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch_parent_s: float = 0.0) -> None:
+        """watch_parent_s > 0: check this often whether the parent process is gone, and stop if it is."""
         self.signum: int | None = None
+        self.reason = ""
         self._previous: dict[int, Any] = {}
+        self._watch_parent_s = watch_parent_s
+        self._closed = threading.Event()
 
     @property
     def requested(self) -> bool:
@@ -45,7 +53,16 @@ class StopSignals:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
+        name = signal.Signals(self.signum).name if self.signum is not None else ""
+        return f"{name} ({self.reason})" if self.reason else name
+
+    def _watch_parent(self, parent: int) -> None:
+        """Ask for a stop once this process's parent is gone (the process is handed to another parent)."""
+        while not self._closed.wait(self._watch_parent_s):
+            if os.getppid() != parent:
+                self.reason = f"the process that started this job, {parent}, is gone"
+                self.signum = signal.SIGHUP
+                return
 
     def _note(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
@@ -53,6 +70,9 @@ class StopSignals:
         self.signum = signum
 
     def __enter__(self) -> "StopSignals":
+        if self._watch_parent_s:
+            parent = os.getppid()
+            threading.Thread(target=self._watch_parent, args=(parent,), daemon=True).start()
         if threading.current_thread() is not threading.main_thread():
             return self  # Python delivers signals to the main thread only
         names = ["SIGINT", "SIGTERM", "SIGUSR2"]
@@ -64,6 +84,7 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        self._closed.set()
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

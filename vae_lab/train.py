@@ -193,7 +193,7 @@ def train_app(cfg: DictConfig) -> None:
         log.info(f"{run_dir} finished before ({checkpoint.epoch} epochs): left as it is")
         return
     try:
-        with StopSignals() as stop:
+        with StopSignals(watch_parent_s=2.0 if in_worker_process() else 0.0) as stop:
             summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop)
     except BaseException as error:
         write_failure(run_dir, error)
@@ -273,8 +273,19 @@ def require_writable_output(arguments: list[str]) -> None:
         )
 
 
+LAUNCHER_PID = "VAE_LAB_LAUNCHER_PID"  # set by main(); the processes a launcher starts inherit it
+
+
+def in_worker_process() -> bool:
+    """Whether this job runs in a process a launcher started (a joblib worker), not in the launcher's
+    own: such a job stops when its parent is gone, so a killed sweep leaves nothing training."""
+    launcher = os.environ.get(LAUNCHER_PID)
+    return launcher is not None and launcher != str(os.getpid())
+
+
 def main() -> None:
     """The command line (python -m vae_lab.train, vae-lab-train): Hydra overrides in sys.argv."""
+    os.environ[LAUNCHER_PID] = str(os.getpid())
     sys.argv[1:] = upgrade_legacy_overrides(sys.argv[1:])  # loss.likelihood=gaussian still works
     require_launcher_plugin(sys.argv[1:])
     require_writable_output(sys.argv[1:])
