@@ -22,7 +22,7 @@ from vae_lab import inference, metrics
 from vae_lab.classifier import classify, load_or_train
 from vae_lab.config import CONF_DIR, upgrade_legacy_loss
 from vae_lab.data import ImageData, to_float
-from vae_lab.errors import RunFolderError, VaeLabError
+from vae_lab.errors import ConfigError, RunFolderError, VaeLabError
 from vae_lab.figures import draw_run_figures
 from vae_lab.losses import ELBO, BernoulliLikelihood, Reconstruction
 from vae_lab.runs import SUMMARY_FILE, find_runs, load_run, write_json
@@ -235,13 +235,25 @@ def one_line(result: dict) -> str:
     return "metrics: " + "  |  ".join(parts)
 
 
-def evaluation_settings(run_config) -> OmegaConf:
+def evaluation_settings(run_config, overrides: list[str] = ()) -> OmegaConf:
     """Give back a run's evaluation settings, with today's defaults (conf/evaluation/default.yaml)
-    for keys the run's vae_lab did not have yet."""
-    return OmegaConf.merge(OmegaConf.load(DEFAULT_SETTINGS), run_config.get("evaluation", {}))
+    for keys the run's vae_lab did not have yet, and `overrides` ("mi_images=null") last."""
+    try:
+        given = OmegaConf.from_dotlist(list(overrides))
+    except Exception as error:  # omegaconf's grammar errors
+        raise ConfigError(f"--set {' '.join(overrides)}: {error}") from None
+    settings = OmegaConf.merge(OmegaConf.load(DEFAULT_SETTINGS), run_config.get("evaluation", {}))
+    unknown = sorted(set(given) - set(settings))
+    if unknown:
+        raise ConfigError(
+            f"--set {', '.join(unknown)}: not an evaluation key; the keys are {', '.join(settings)}"
+        )
+    return OmegaConf.merge(settings, given)
 
 
-def evaluate_folder(run_dir: Path, data_root: str | None = None, device: str = "cpu") -> dict:
+def evaluate_folder(
+    run_dir: Path, data_root: str | None = None, device: str = "cpu", overrides: list[str] = ()
+) -> dict:
     """Add the metrics to one finished run's summary.json and redraw its figures; give back the summary."""
     run = load_run(run_dir, device=device)
     if run.summary.get("status") != "completed":
@@ -257,7 +269,7 @@ def evaluate_folder(run_dir: Path, data_root: str | None = None, device: str = "
     result, histograms = evaluate_model(
         run.model,
         data,
-        evaluation_settings(run.config),
+        evaluation_settings(run.config, overrides),
         run.config.seed,
         data_cfg.root,
         test_parts=run.summary.get("test"),
@@ -278,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders (searched recursively)")
     parser.add_argument("--data-root", help="where the runs' data set lies, when not where they were trained")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an evaluation setting for this evaluation (repeatable), e.g. --set mi_images=null",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = [run for folder in args.folders if folder.is_dir() for run in find_runs([folder])]
@@ -292,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     for number, run_dir in enumerate(runs, 1):
         print(f"[{number}/{len(runs)}] evaluating {run_dir}", flush=True)
         try:
-            summary = evaluate_folder(run_dir, args.data_root, args.device)
+            summary = evaluate_folder(run_dir, args.data_root, args.device, args.set)
         except VaeLabError as error:
             print(f"vae-lab-evaluate: skipped {run_dir}: {error}", file=sys.stderr)
             failures += 1

@@ -1,0 +1,68 @@
+"""The CUDA-only branches, run on a CPU: device names, CUDA random states in checkpoints, prior draws."""
+
+import pytest
+import torch
+
+from vae_lab.checkpoint import Checkpoint, cuda_rng_states
+from vae_lab.config import resolve_device
+from vae_lab.errors import ConfigError
+from vae_lab.models import VAE, MLPDecoder, MLPEncoder
+
+
+def test_cuda_n_names_a_device_where_torch_sees_cuda_and_is_refused_where_it_does_not(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device='cuda:1' was asked for, but torch sees no CUDA device"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ConfigError, match="is not a device"):
+        resolve_device("cuda:x")
+
+
+def _checkpoint(cuda_rng: list) -> tuple[Checkpoint, torch.nn.Module, torch.optim.Optimizer]:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    state = Checkpoint(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        epoch=1,
+        history=[],
+        torch_rng=torch.get_rng_state(),
+        cuda_rng=cuda_rng,
+        order_rng=torch.Generator().manual_seed(5).get_state(),
+        config={},
+        hydra_files={},
+    )
+    return state, model, optimizer
+
+
+def test_cuda_random_states_are_saved_and_put_back_where_cuda_is_there(monkeypatch):
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5], dtype=torch.uint8)]
+    put_back = []
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_rng_state_all", lambda: states)
+    monkeypatch.setattr("torch.cuda.set_rng_state_all", put_back.append)
+    assert cuda_rng_states() == states  # what a checkpoint saves on a GPU machine
+    checkpoint, model, optimizer = _checkpoint(states)
+    generator = torch.Generator()
+    checkpoint.restore(model, optimizer, generator)
+    assert put_back == [states]
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(5).get_state())
+
+
+def test_a_gpu_checkpoint_resumed_on_a_cpu_machine_skips_the_cuda_states(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.cuda.set_rng_state_all", lambda states: pytest.fail("no CUDA to restore"))
+    assert cuda_rng_states() == []
+    checkpoint, model, optimizer = _checkpoint([torch.tensor([1], dtype=torch.uint8)])
+    checkpoint.restore(model, optimizer, torch.Generator())  # no error: the CUDA states are left
+
+
+def test_prior_draws_come_from_a_cpu_generator_so_a_seed_gives_the_same_codes_on_any_device(monkeypatch):
+    model = VAE(2, MLPEncoder((1, 4, 4), hidden=8), MLPDecoder(2, (1, 4, 4), hidden=8))
+    seen = []
+    original = model.decode
+    monkeypatch.setattr(model, "decode", lambda codes: seen.append(codes) or original(codes))
+    model.sample(5, torch.Generator().manual_seed(3))
+    assert torch.equal(seen[0], torch.randn(5, 2, generator=torch.Generator().manual_seed(3)))
