@@ -128,3 +128,61 @@ def test_the_benchmark_refuses_a_device_it_cannot_use_in_one_line(fake_mnist_roo
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("python -m vae_lab.bench: ") and "tpu" in result.stderr
+
+
+def test_an_installed_wheel_carries_the_configs_and_the_plain_loop_and_trains_a_step(
+    tmp_path, fake_mnist_root
+):
+    """Not editable: conf/ ships inside the package as vae_lab/conf; the plain loop is vae_lab.plain_vae."""
+    from tests.conftest import REPO
+
+    build = subprocess.run(
+        [
+            python(),
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "wheel"),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("vae_lab-*.whl")
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [python(), "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    probe = subprocess.run(
+        [
+            python(),
+            "-c",
+            "import vae_lab.config, vae_lab.plain_vae; print(vae_lab.config.CONF_DIR)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.strip() == str(site / "vae_lab" / "conf")
+    step = subprocess.run(
+        [python(), "-m", "vae_lab.bench", "--startup-probe", "--data-root", str(fake_mnist_root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+    )
+    assert step.returncode == 0 and "first step done" in step.stdout, step.stderr[-2000:]
