@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import FAST_EVALUATION, REPO, python
-from vae_lab.compare import compare, group, read_row
+from vae_lab.compare import compare, group, grouped_headline, read_row
 from vae_lab.compare import main as compare_main
 from vae_lab.errors import VaeLabError
 from vae_lab.train import require_launcher_plugin
@@ -147,6 +147,9 @@ def test_grouping_over_seeds_gives_mean_and_sample_standard_deviation(tmp_path):
     assert table["elbo"]["test_total std"] == pytest.approx(0.7071, abs=1e-4)
     by_seed_header, by_seed = group(rows, by=["seed"])
     assert by_seed_header[0] == "seed" and {line[0] for line in by_seed} == {"0", "1", "2"}
+    columns, side = grouped_headline(header, body)  # the README's table: a row a metric, a column a group
+    assert columns == ["", "loss=recon", "loss=elbo"]
+    assert side[0] == ["runs", 3, 2] and side[1] == ["test total", "104.00 ± 4.00", "150.50 ± 0.71"]
 
 
 def test_a_failed_or_unfinished_run_shows_in_the_table_and_the_rest_are_compared(tmp_path):

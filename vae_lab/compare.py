@@ -211,6 +211,23 @@ def group(rows: list[RunRow], by: list[str] | None = None) -> tuple[list[str], l
     return header, body
 
 
+def grouped_headline(header: list[str], body: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Give back the grouped table turned on its side: a row per headline metric, a column per group,
+    each cell "mean ± std" (the table a README shows)."""
+    keys = header[: header.index("runs")]
+    columns = [", ".join(f"{k}={v}" for k, v in zip(keys, line, strict=False)) or "all" for line in body]
+    counts = [line[header.index("runs")] for line in body]
+    rows = [["runs", *counts]]
+    for key, name in HEADLINE_METRICS.items():
+        if f"{key} mean" not in header:
+            continue
+        mean, std = header.index(f"{key} mean"), header.index(f"{key} std")
+        cells = [_cell(line[mean]) + ("" if line[std] is None else f" ± {_cell(line[std])}") for line in body]
+        if any(line[mean] is not None for line in body):
+            rows.append([name, *cells])
+    return ["", *columns], rows
+
+
 def write_csv(path: Path, header: list[str], body: list[list[Any]]) -> None:
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
@@ -373,8 +390,9 @@ def compare(
         write_csv(out / "comparison_grouped.csv", grouped_header, grouped_body)
         written.append(out / "comparison_grouped.csv")
         sections += [
-            "\n## Grouped across seeds (mean and sample standard deviation)\n",
-            markdown(grouped_header, grouped_body),
+            "\n## Grouped across seeds (mean ± sample standard deviation)\n",
+            markdown(*grouped_headline(grouped_header, grouped_body)),
+            "Every grouped number is in comparison_grouped.csv.\n",
         ]
     (out / "comparison.md").write_text("\n".join(sections))
     written += draw_comparisons(rows, out, data_root, device)
