@@ -303,6 +303,8 @@ def _descendants(pid: int) -> set[int]:
     """Every process below pid, from /proc (Linux)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
             parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (ValueError, OSError, IndexError):

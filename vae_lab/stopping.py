@@ -14,6 +14,7 @@ sweep's parent after SIGKILL, a closed terminal) leaves no worker training on.
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,16 +40,17 @@ def _takes_over(signum: int, handler: Any) -> bool:
 class StopSignals:
     """Within `with StopSignals() as stop:`, `stop.requested` turns true when a stop signal arrives."""
 
-    def __init__(self, watch_parent_s: float = 0.0) -> None:
-        """watch_parent_s > 0: check this often whether the parent process is gone, and stop if it is."""
+    def __init__(self, launcher: "LauncherWatch | None" = None) -> None:
+        """launcher: the watch on the launcher that started this process, in a sweep's worker."""
         self.signum: int | None = None
         self.reason = ""
         self._previous: dict[int, Any] = {}
-        self._watch_parent_s = watch_parent_s
-        self._closed = threading.Event()
+        self._launcher = launcher
 
     @property
     def requested(self) -> bool:
+        if self.signum is None and self._launcher is not None and self._launcher.gone:
+            self.signum, self.reason = signal.SIGHUP, "the process that started this job is gone"
         return self.signum is not None
 
     @property
@@ -56,23 +58,12 @@ class StopSignals:
         name = signal.Signals(self.signum).name if self.signum is not None else ""
         return f"{name} ({self.reason})" if self.reason else name
 
-    def _watch_parent(self, parent: int) -> None:
-        """Ask for a stop once this process's parent is gone (the process is handed to another parent)."""
-        while not self._closed.wait(self._watch_parent_s):
-            if os.getppid() != parent:
-                self.reason = f"the process that started this job, {parent}, is gone"
-                self.signum = signal.SIGHUP
-                return
-
     def _note(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
         self.signum = signum
 
     def __enter__(self) -> "StopSignals":
-        if self._watch_parent_s:
-            parent = os.getppid()
-            threading.Thread(target=self._watch_parent, args=(parent,), daemon=True).start()
         if threading.current_thread() is not threading.main_thread():
             return self  # Python delivers signals to the main thread only
         names = ["SIGINT", "SIGTERM", "SIGUSR2"]
@@ -84,7 +75,6 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._closed.set()
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -95,3 +85,36 @@ class StopSignals:
         if self.signum != signal.SIGINT and callable(previous):
             return lambda: previous(self.signum, None)
         return None
+
+
+class LauncherWatch:
+    """In a process a launcher started (a joblib worker): notice when that launcher is gone, let the job
+    under way stop at its next step (StopSignals reads `gone`), then end this process, so that a killed
+    sweep leaves no worker training or waiting. One per process: `watch_launcher()`."""
+
+    def __init__(self, interval_s: float = 2.0, grace_s: float = 120.0):
+        self.gone = False
+        self.busy = threading.Event()  # set while a job runs in this process
+        self._parent = os.getppid()
+        self._interval_s, self._grace_s = interval_s, grace_s
+        threading.Thread(target=self._watch, daemon=True, name="vae_lab-launcher-watch").start()
+
+    def _watch(self) -> None:
+        while os.getppid() == self._parent:
+            time.sleep(self._interval_s)
+        self.gone = True
+        deadline = time.monotonic() + self._grace_s  # a job's checkpoint, or an evaluation, to finish
+        while self.busy.is_set() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os._exit(128 + signal.SIGHUP)  # nothing is left to hand a result to
+
+
+_launcher_watch: LauncherWatch | None = None
+
+
+def watch_launcher() -> LauncherWatch:
+    """Give back this process's LauncherWatch, started on the first call."""
+    global _launcher_watch
+    if _launcher_watch is None:
+        _launcher_watch = LauncherWatch()
+    return _launcher_watch

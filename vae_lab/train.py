@@ -31,7 +31,7 @@ from vae_lab.figures import draw_run_figures
 from vae_lab.loop import FitSettings, TrainingDiverged, TrainStep, fit, format_parts
 from vae_lab.memory import hand_back_freed_memory
 from vae_lab.runs import CHECKPOINT_FILE, SUMMARY_FILE, read_summary, unwritable, write_json
-from vae_lab.stopping import RunInterrupted, StopSignals
+from vae_lab.stopping import RunInterrupted, StopSignals, watch_launcher
 
 log = logging.getLogger("vae_lab")
 register_schemas()
@@ -192,8 +192,11 @@ def train_app(cfg: DictConfig) -> None:
         checkpoints.restore_hydra_files(run_dir, checkpoint.hydra_files)
         log.info(f"{run_dir} finished before ({checkpoint.epoch} epochs): left as it is")
         return
+    launcher = watch_launcher() if in_worker_process() else None
+    if launcher is not None:
+        launcher.busy.set()
     try:
-        with StopSignals(watch_parent_s=2.0 if in_worker_process() else 0.0) as stop:
+        with StopSignals(launcher) as stop:
             summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop)
     except BaseException as error:
         write_failure(run_dir, error)
@@ -212,6 +215,9 @@ def train_app(cfg: DictConfig) -> None:
         else:
             raise  # a bug in a single run, or Ctrl-C: the record is kept, the traceback is shown
         return
+    finally:
+        if launcher is not None:
+            launcher.busy.clear()
     log.info(f"Run folder: {run_dir}")
     log.info(
         f"Figures: {', '.join(summary['figures'])}  |  test {format_parts(summary['test'])} "
