@@ -136,6 +136,17 @@ def test_evaluate_gives_the_same_numbers_as_the_run_did(vae_summary):
     assert kl_per_dim == pytest.approx(summary["metrics"]["latent"]["kl_per_dim"], rel=1e-5)
 
 
+def test_evaluate_can_keep_the_runs_iwae_bound_and_takes_settings_for_this_evaluation(vae_summary, capsys):
+    run_dir, summary = vae_summary
+    assert evaluate_main([str(run_dir), "--reuse", "iwae", "--set", "hole_draws=300"]) == 0
+    again = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    assert (
+        again["iwae"] == summary["metrics"]["iwae"] and again["latent_holes"]["prior"]["prior_draws"] == 300
+    )
+    assert evaluate_main([str(run_dir), "--set", "hole_draw=300"]) == 1  # a misspelt key: the run is skipped
+    assert "hole_draw: not an evaluation key" in capsys.readouterr().err
+
+
 def test_evaluate_on_a_folder_without_runs_says_so(tmp_path, capsys):
     assert evaluate_main([str(tmp_path)]) == 2
     assert "no runs under" in capsys.readouterr().err

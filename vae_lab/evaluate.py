@@ -40,15 +40,18 @@ def evaluate_model(
     progress: bool = True,
     test_parts: dict | None = None,
     likelihood=None,
+    known: dict | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Give back (every metric of a trained model on the test split, the class histograms of its samples).
 
     Likelihoods are those of the model, whatever loss trained it: the negative ELBO for a VAE, the
     reconstruction for a deterministic autoencoder, under the training loss's pixel likelihood
     (Bernoulli unless given). `test_parts` (the test recon and KL that training measured last with
-    the same seed) saves evaluating them again. A data set of one class has no classifier to judge
-    samples: those metrics are null. Longer than a screen on purpose: one section per family of
-    metrics, each a call into vae_lab/metrics.py, in the order summary.json lists them.
+    the same seed) saves evaluating them again, and `known` ({"iwae": ...}, from an earlier
+    evaluation of the same model with the same settings) the IWAE bound, the costliest section. A
+    data set of one class has no classifier to judge samples: those metrics are null. Longer than a
+    screen on purpose: one section per family of metrics, each a call into vae_lab/metrics.py, in the
+    order summary.json lists them.
     """
     started = time.perf_counter()
     likelihood = likelihood or BernoulliLikelihood()
@@ -72,12 +75,20 @@ def evaluate_model(
         holes = torch.Generator().manual_seed(seed)  # the held-out split and the draws of the hole estimates
         if model.is_variational:
             mean, log_var = inference.encode_posteriors(model, data.test_images)
-            subset = metrics.stratified_subset(data.test_labels, settings.iwae_images)
-            draws = inference.importance_draws(model, data.test_images[subset], settings.iwae_k, likelihood)
-            log_weights = metrics.importance_log_weights(draws.log_px_z, draws.z, draws.mean, draws.log_var)
-            ks = tuple(sorted({k for k in (1, 10, 100, settings.iwae_k) if k <= settings.iwae_k}))
-            bounds = metrics.iwae_bounds(log_weights, ks)
-            result["iwae"] = {f"nll_k{k}": -bound for k, bound in bounds.items()} | {"images": len(subset)}
+            if (known or {}).get("iwae"):
+                result["iwae"] = known["iwae"]
+            else:
+                subset = metrics.stratified_subset(data.test_labels, settings.iwae_images)
+                images = data.test_images[subset]
+                draws = inference.importance_draws(model, images, settings.iwae_k, likelihood)
+                log_weights = metrics.importance_log_weights(
+                    draws.log_px_z, draws.z, draws.mean, draws.log_var
+                )
+                ks = tuple(sorted({k for k in (1, 10, 100, settings.iwae_k) if k <= settings.iwae_k}))
+                bounds = metrics.iwae_bounds(log_weights, ks)
+                result["iwae"] = {f"nll_k{k}": -bound for k, bound in bounds.items()} | {
+                    "images": len(subset)
+                }
             mi = (
                 slice(None)
                 if settings.mi_images is None
@@ -252,7 +263,11 @@ def evaluation_settings(run_config, overrides: list[str] = ()) -> OmegaConf:
 
 
 def evaluate_folder(
-    run_dir: Path, data_root: str | None = None, device: str = "cpu", overrides: list[str] = ()
+    run_dir: Path,
+    data_root: str | None = None,
+    device: str = "cpu",
+    overrides: list[str] = (),
+    reuse: list[str] = (),
 ) -> dict:
     """Add the metrics to one finished run's summary.json and redraw its figures; give back the summary."""
     run = load_run(run_dir, device=device)
@@ -274,6 +289,7 @@ def evaluate_folder(
         data_cfg.root,
         test_parts=run.summary.get("test"),
         likelihood=likelihood,
+        known={name: (run.summary.get("metrics") or {}).get(name) for name in reuse},
     )
     figures = draw_run_figures(run.model, data, run_dir, run.config.seed, True, histograms)
     summary = dict(run.summary)
@@ -297,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="an evaluation setting for this evaluation (repeatable), e.g. --set mi_images=null",
     )
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        choices=["iwae"],
+        help="keep this section of the run's earlier metrics instead of computing it again (the IWAE "
+        "bound is the costliest; the same model and settings give the same numbers)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = [run for folder in args.folders if folder.is_dir() for run in find_runs([folder])]
@@ -311,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     for number, run_dir in enumerate(runs, 1):
         print(f"[{number}/{len(runs)}] evaluating {run_dir}", flush=True)
         try:
-            summary = evaluate_folder(run_dir, args.data_root, args.device, args.set)
+            summary = evaluate_folder(run_dir, args.data_root, args.device, args.set, args.reuse)
         except VaeLabError as error:
             print(f"vae-lab-evaluate: skipped {run_dir}: {error}", file=sys.stderr)
             failures += 1
