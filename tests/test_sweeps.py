@@ -14,7 +14,7 @@ from tests.conftest import FAST_EVALUATION, REPO, python
 from vae_lab.compare import compare, group, grouped_headline, read_row
 from vae_lab.compare import main as compare_main
 from vae_lab.errors import VaeLabError
-from vae_lab.train import require_launcher_plugin
+from vae_lab.launchers import require_launcher_plugin
 
 TINY = [
     "trainer.epochs=1",

@@ -7,7 +7,6 @@ Everything a run makes lands in its Hydra run folder (outputs/<date>/<time>/). R
 it is one job from config to summary.json; the loop itself is vae_lab/loop.py.
 """
 
-import importlib.util
 import logging
 import os
 import sys
@@ -19,7 +18,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vae_lab import checkpoint as checkpoints
 from vae_lab import evaluate
@@ -28,6 +27,13 @@ from vae_lab.checkpoint import Checkpoint
 from vae_lab.config import CONF_DIR, check_config, register_schemas, resolve_device, upgrade_legacy_overrides
 from vae_lab.errors import VaeLabError
 from vae_lab.figures import draw_run_figures
+from vae_lab.launchers import (
+    LAUNCHER_PID,
+    in_worker_process,
+    parallel_jobs,
+    require_launcher_plugin,
+    require_writable_output,
+)
 from vae_lab.loop import FitSettings, TrainingDiverged, TrainStep, fit, format_parts
 from vae_lab.memory import hand_back_freed_memory
 from vae_lab.runs import CHECKPOINT_FILE, SUMMARY_FILE, read_summary, unwritable, write_json
@@ -137,15 +143,6 @@ def peak_memory_mib() -> Optional[int]:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10))  # macOS: bytes, Linux: KiB
 
 
-def parallel_jobs(hydra_cfg) -> int:
-    """Give back how many jobs the launcher runs at once on this machine (joblib's n_jobs), else 1."""
-    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
-    if not n_jobs:
-        return 1
-    cores = os.cpu_count() or 1
-    return max(1, cores + 1 + n_jobs if n_jobs < 0 else min(n_jobs, cores))  # joblib: -1 is every core
-
-
 def failure_record(error: BaseException) -> dict[str, str]:
     """Give back summary.json of a run that did not complete: its status and what stopped it."""
     message = str(error) if isinstance(error, VaeLabError) else f"{type(error).__name__}: {error}"
@@ -223,70 +220,6 @@ def train_app(cfg: DictConfig) -> None:
         f"Figures: {', '.join(summary['figures'])}  |  test {format_parts(summary['test'])} "
         f"(nats per image)  |  wall time {summary['wall_time_s']:.0f} s"
     )
-
-
-# launcher choices -> the optional plugin package each one needs (pip install -e .[launchers])
-LAUNCHER_PLUGINS = {
-    "joblib": "hydra_plugins.hydra_joblib_launcher",
-    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
-    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
-    "slurm": "hydra_plugins.hydra_submitit_launcher",
-}
-
-
-def require_launcher_plugin(arguments: list[str]) -> None:
-    """Exit with an install hint when the command line asks for a launcher whose plugin is missing."""
-    for argument in arguments:
-        name = argument.partition("hydra/launcher=")[2]
-        plugin = LAUNCHER_PLUGINS.get(name)
-        if plugin and importlib.util.find_spec(plugin) is None:
-            raise SystemExit(
-                f"hydra/launcher={name} needs the optional Hydra launcher plugins, which are not installed: "
-                "run `pip install -c constraints.txt -e '.[launchers]'` in the project folder."
-            )
-
-
-def require_writable_output(arguments: list[str]) -> None:
-    """Exit with a message when the output folder cannot be made: Hydra would fail with a traceback.
-
-    A folder given on the command line is made now, as Hydra would make it (a parent that looks
-    writable can still refuse, as /proc does); for the default outputs/ the nearest existing parent
-    must be a writable folder.
-    """
-    given = [
-        Path(value)
-        for key, _, value in (argument.partition("=") for argument in arguments)
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value
-    ]
-    folder = given[-1] if given else Path("outputs")
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    reason = (
-        None
-        if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
-        else f"{existing} is not a writable folder"
-    )
-    if reason is None and given:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            reason = f"{error.strerror or error}"
-    if reason is not None:
-        raise SystemExit(
-            f"cannot make the output folder {folder}: {reason}. Point hydra.run.dir (a run) or "
-            "hydra.sweep.dir (a sweep) at a folder you can write to."
-        )
-
-
-LAUNCHER_PID = "VAE_LAB_LAUNCHER_PID"  # set by main(); the processes a launcher starts inherit it
-
-
-def in_worker_process() -> bool:
-    """Whether this job runs in a process a launcher started (a joblib worker), not in the launcher's
-    own: such a job stops when its parent is gone, so a killed sweep leaves nothing training."""
-    launcher = os.environ.get(LAUNCHER_PID)
-    return launcher is not None and launcher != str(os.getpid())
 
 
 def main() -> None:
