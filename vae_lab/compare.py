@@ -48,6 +48,7 @@ HEADLINE_METRICS = {
     "metrics_prior_samples_classes_covered": "digits covered",
     "metrics_prior_samples_frechet_distance": "FD",
     "metrics_latent_holes_prior_hole_mass": "prior mass in holes",
+    "metrics_latent_holes_prior_hole_mass_upper": "prior mass in holes, plain reading (upper)",
     "metrics_latent_holes_prior_kl_q_p": "KL(q(z)||p(z))",
     "metrics_latent_holes_fitted_gaussian_hole_mass": "holes under fitted Gaussian",
     "metrics_fitted_gaussian_samples_recognised_share": "fitted-Gaussian samples recognised",
