@@ -51,7 +51,10 @@ def test_a_vae_run_logs_every_metric(vae_summary):
     assert 1 <= metrics["prior_samples"]["inception_score"] <= 10
     assert 0 < metrics["evaluation_s"] < summary["wall_time_s"]
     latent = metrics["latent"]
-    assert latent["mutual_information"] <= latent["mutual_information_max"] == pytest.approx(math.log(50))
+    mi_images = metrics["iwae"]["images"]  # the same stratified 5 per class (mi_images=50, iwae_images=50)
+    assert (
+        latent["mutual_information"] <= latent["mutual_information_max"] == pytest.approx(math.log(mi_images))
+    )
     holes = metrics["latent_holes"]["prior"]
     assert 0 <= holes["hole_mass"] <= 1 and holes["prior_draws"] == 500 and holes["hole_mass_se"] > 0
     prior = metrics["prior_samples"]
