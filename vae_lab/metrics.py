@@ -453,7 +453,7 @@ def aggregate_posterior_holes(
     - q_B widens each held-out posterior by Scott's bandwidth of the held-out means (h_d = |B|^(-1/(D+4))
       std_d, `bandwidth`; 0 where the means do not vary, as under KL-only training): a kernel density
       estimate on top of the posteriors, so that posteriors far narrower than their spacing (a
-      reconstruction-only VAE's, 0.005 wide over codes 100 apart) still give a density between them.
+      reconstruction-only VAE's, spread over codes a hundred times wider) still give a density between them.
       The symmetry above does not depend on it. It sets the estimate's resolution: holes narrower than
       the bandwidth are not seen.
     - hole_mass_upper: the plain in-sample estimate (the mixture of all N unwidened posteriors, at draws
