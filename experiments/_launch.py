@@ -13,7 +13,8 @@ from vae_lab.train import CONF_DIR, main
 
 def all_jobs_at_once_on_cpu(jobs: int) -> list[str]:
     """Give back the launcher overrides of the faster way to run a sweep's jobs on this CPU: all at
-    once, one thread each (README: Speed), where the joblib plugin is installed and no GPU is seen."""
+    once, one thread each (docs/sweeps.md, Launchers), where the joblib plugin is installed and no
+    GPU is seen."""
     if torch.cuda.is_available() or importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
         return []
     return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]

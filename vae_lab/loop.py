@@ -15,12 +15,12 @@ import torch
 from tqdm import tqdm
 
 from vae_lab import checkpoint as checkpoints
+from vae_lab import memory
 from vae_lab.checkpoint import Checkpoint, EpochPosition
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import VaeLabError
 from vae_lab.inference import evaluate_loss
 from vae_lab.losses import LossParts
-from vae_lab.memory import keep_freed_memory
 from vae_lab.runs import write_metrics
 from vae_lab.stopping import RunInterrupted, StopSignals
 
@@ -58,7 +58,7 @@ class TrainStep:
         self.forward_model = torch.compile(model) if compile else model
         self.precision = precision
         if keep_freed_memory:
-            _keep_freed_memory()
+            memory.keep_freed_memory()
 
     @classmethod
     def from_settings(cls, model, loss, optimizer, trainer) -> "TrainStep":
@@ -87,9 +87,6 @@ class TrainStep:
         parts.total.backward()
         self.optimizer.step()
         return parts
-
-
-_keep_freed_memory = keep_freed_memory  # TrainStep's argument of the same name hides the function
 
 
 def train_epoch(

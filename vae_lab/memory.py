@@ -5,7 +5,7 @@ malloc hands freed memory at the top of its heap back to the OS (and serves big 
 mmap calls), so the next step page-faults the same amount back in, and the kernel zeroes every
 page. Raising malloc's two thresholds keeps that memory for the next step, with the same numbers:
 on this project's 2-core machine, 1.34x faster training with the other speed options off, 1.15x on
-top of them (README: Speed). What a phase kept is handed back before the next one
+top of them (docs/speed.md). What a phase kept is handed back before the next one
 (`hand_back_freed_memory`, between training and evaluation), so it never adds to the next phase's
 peak. Both are no-ops where the C library is not glibc.
 """
