@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,launchers,tensorboard]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,launchers,tensorboard,wandb,optuna]"
 	touch $@
 
 # Copy the official MNIST files when they sit beside the project; else torchvision downloads them on first use.

@@ -28,6 +28,7 @@ def _config_dir() -> Path:
 CONF_DIR = _config_dir()  # absolute: works from any module or folder
 BINARIZE_CHOICES = ("none", "dynamic")
 PRECISIONS = ("fp32", "bf16")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def _is_int(value: Any) -> bool:
@@ -178,6 +179,38 @@ class EvaluationSchema:
 
 
 @dataclass
+class NoLoggerSchema:
+    _target_: str = MISSING
+
+
+@dataclass
+class TensorBoardLoggerSchema:
+    _target_: str = MISSING
+    flush_secs: int = positive_int()
+    projector_images: int = checked(lambda v: _is_int(v) and v >= 0, "a non-negative integer (0: none)")
+    hparams_metrics: list[str] = MISSING  # summary.json keys, as `python -m vae_lab.compare` reads them
+
+
+@dataclass
+class WandbLoggerSchema:
+    _target_: str = MISSING
+    project: str = checked(lambda v: isinstance(v, str) and v != "", "a W&B project name")
+    entity: Optional[str] = MISSING
+    mode: Optional[str] = checked(
+        lambda v: v in WANDB_MODES, f"one of {', '.join(WANDB_MODES)}, or null for WANDB_MODE", optional=True
+    )
+    tags: list[str] = MISSING
+    system_stats: bool = MISSING
+
+
+@dataclass
+class MultiLoggerSchema:
+    _target_: str = MISSING
+    _recursive_: bool = MISSING
+    backends: Any = MISSING  # name -> a logger's config (conf/logger/backends/*.yaml)
+
+
+@dataclass
 class Config:
     data: DataSchema = field(default_factory=DataSchema)
     model: ModelSchema = field(default_factory=ModelSchema)
@@ -186,6 +219,13 @@ class Config:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     evaluation: EvaluationSchema = field(default_factory=EvaluationSchema)
     logger: Any = MISSING  # conf/logger/*.yaml: where numbers and figures go besides the run folder
+    # a summary.json key (flattened with dots) the Hydra app returns, for a sweeper that searches
+    # (hydra/sweeper=optuna); null: it returns nothing
+    objective: Optional[str] = checked(
+        lambda v: isinstance(v, str) and v != "",
+        "a summary.json key such as metrics.iwae.nll_k100",
+        optional=True,
+    )
     seed: int = checked(_is_int, "an integer")
     device: str = checked(_device_name, "one of auto, cpu, cuda or cuda:N")
 
@@ -199,6 +239,12 @@ GROUP_SCHEMAS = {
     },
     "loss": {"recon_schema": ReconstructionSchema, "kl_schema": KLSchema, "elbo_schema": ELBOSchema},
     "loss/likelihood": {"gaussian_schema": GaussianLikelihoodSchema},
+    "logger": {
+        "none_schema": NoLoggerSchema,
+        "tensorboard_schema": TensorBoardLoggerSchema,
+        "wandb_schema": WandbLoggerSchema,
+        "multi_schema": MultiLoggerSchema,
+    },
 }
 
 
@@ -226,6 +272,12 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if value is None or not check["test"](value):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be {check['allowed']}.")
+    objective = OmegaConf.select(cfg, "objective", default=None)
+    if isinstance(objective, str) and objective.startswith("metrics.") and not cfg.evaluation.enabled:
+        raise ConfigError(
+            f"objective={objective} is a number of the evaluation, but evaluation.enabled=false: "
+            "enable the evaluation, or name a training number such as test.total."
+        )
 
 
 def _unknown_keys(node: DictConfig, prefix: str):

@@ -1,35 +1,147 @@
-"""Where a run's numbers and figures go besides its own files: nowhere (the default) or TensorBoard.
+"""Where a run's numbers and figures go besides its own files: nowhere (the default), TensorBoard,
+Weights & Biases, or several of them at once (docs/trackers.md).
 
-Each logger is built by Hydra from conf/logger/*.yaml, given the run folder:
+Each logger is built by Hydra from conf/logger/*.yaml, given the run folder; vae_lab/train.py calls
 
-    logger = instantiate(cfg.logger, run_dir=run_dir)
-    logger.log_epoch(record)            # metrics.jsonl's line of each epoch
-    logger.log_figures(paths, step)     # PNG files, as images
-    logger.log_metrics(summary_metrics) # the evaluation's numbers, flattened
+    logger = instantiate(cfg.logger, run_dir=run_dir)   # checks its package is there: an install hint if not
+    logger.start(run_context(cfg, run_dir))             # the run's name, sweep, hyper-parameters, config
+    logger.log_epoch(record)                            # metrics.jsonl's line of each epoch
+    logger.log_metrics(summary_metrics, step)           # the evaluation's numbers
+    logger.log_embedding(codes, labels, images, step)   # test codes, when logger.embedding_images > 0
+    logger.log_figures(paths, step)                     # PNG files, as images
+    logger.finish(summary)                              # the hyper-parameters beside the final numbers
     logger.close()
 
 The run folder always holds every number and figure as files; a logger only copies them.
 """
 
+import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
 from vae_lab.runs import flatten
 
+log = logging.getLogger("vae_lab")
+
 TENSORBOARD_FOLDER = (
     "tensorboard"  # <run_dir>/tensorboard/: `tensorboard --logdir` on a sweep names runs by folder
 )
+EMBEDDING_TAG = "test_codes"  # the projector's name for the test codes
+
+# overrides that change how a run is carried out, not what it computes: no hyper-parameters
+OPERATIONAL_KEYS = (
+    "trainer.threads",
+    "trainer.progress",
+    "trainer.resume",
+    "trainer.eval_batch_size",
+    "data.root",
+    "device",
+)
+HPARAM_GROUPS = ("data", "model", "loss")  # their choices are hyper-parameters of every run
+
+
+def install_hint(option: str, extra: str) -> str:
+    return (
+        f"logger={option} needs the optional package of the '{extra}' extra, which is not installed: run "
+        f"`pip install -c constraints.txt -e '.[{extra}]'` in the project folder, or use logger=none."
+    )
+
+
+@dataclass
+class RunContext:
+    """What a tracker needs to know of a run besides its numbers."""
+
+    name: str  # the run's overrides as its sweep folder names them, and its seed (loss=kl,seed=1)
+    group: Optional[str] = None  # a sweep job's sweep folder; None for a single run
+    hparams: dict[str, Any] = field(default_factory=dict)  # name -> bool, int, float or str
+    overrides: list[str] = field(default_factory=list)  # the overrides the hyper-parameters came from
+    config: dict[str, Any] = field(default_factory=dict)  # the whole resolved config
+
+
+def run_context(cfg: DictConfig, run_dir: Path) -> RunContext:
+    """Give back the run's name, sweep folder, hyper-parameters and config, from Hydra where it runs the job.
+
+    The hyper-parameters are the choices of the data, model and loss groups and the job's own
+    overrides (a sweep's point, seed included), less those that only say how the run is carried out.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    overrides, choices, group, unnamed = [], {}, None, set()
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        overrides = list(hydra_cfg.overrides.task)
+        choices = dict(hydra_cfg.runtime.choices)
+        unnamed = set(hydra_cfg.job.config.override_dirname.exclude_keys)  # as job folders are named
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            group = str(hydra_cfg.sweep.dir)
+    kept = [o for o in overrides if not _operational(o.partition("=")[0].lstrip("+~"))]
+    hparams = {name: choices[name] for name in HPARAM_GROUPS if isinstance(choices.get(name), str)}
+    hparams.update(parse_overrides(kept))
+    named = sorted(o for o in kept if o.partition("=")[0] not in unnamed)
+    name = ",".join(named + ([f"seed={hparams['seed']}"] if "seed" in hparams else []))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return RunContext(name=name or run_dir.name, group=group, hparams=hparams, overrides=kept, config=config)
+
+
+def _operational(key: str) -> bool:
+    return key in OPERATIONAL_KEYS or key.split("/")[0].split(".")[0] in ("logger", "hydra")
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Give back {key: value} of Hydra overrides, each value typed as Hydra reads it (bool, int, float or
+    str; anything else as its text); a deletion (~key) is left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = {}
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.is_delete():
+            continue
+        value = override.value()
+        if not isinstance(value, (bool, int, float, str)):
+            value = override.get_value_element_as_str()
+        parsed[override.get_key_element()] = value
+    return parsed
+
+
+def flatten_numbers(tree: dict[str, Any] | None, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """Yield ("a/b/c", number) for every finite number in a nested dict; lists as "name/0", "name/1", ...
+
+    None (not applicable), strings and booleans are left out.
+    """
+    for name, value in flatten(tree or {}, sep="/", lists=True).items():
+        if _is_number(value):
+            yield prefix + name, float(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def epoch_numbers(record: dict[str, Any]) -> dict[str, float]:
+    """Give back the numbers of one metrics.jsonl line a tracker shows: train/*, test/* and the speed."""
+    numbers = {key: record.get(key) for key in ("train", "test", "train_s", "train_images_per_s")}
+    return dict(flatten_numbers(numbers))
 
 
 class NoLogger:
     """The default: the run folder's files are the whole record."""
 
+    embedding_images = 0  # how many test codes log_embedding wants (0: none)
+
     def __init__(self, run_dir: Path | str | None = None):
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.context = RunContext(name=self.run_dir.name if self.run_dir else "run")
+
+    def start(self, context: RunContext) -> None:
+        self.context = context
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         pass
@@ -40,40 +152,43 @@ class NoLogger:
     def log_metrics(self, metrics: dict[str, Any] | None, step: int = 0) -> None:
         pass
 
+    def log_embedding(
+        self, codes: torch.Tensor, labels: Sequence[str], images: torch.Tensor, step: int = 0
+    ) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
-def flatten_numbers(tree: dict[str, Any] | None, prefix: str = "") -> Iterator[tuple[str, float]]:
-    """Yield ("a/b/c", number) for every finite number in a nested dict; lists as "name/0", "name/1", ...
-
-    None (not applicable), strings and booleans are left out.
-    """
-    for name, value in flatten(tree or {}, sep="/", lists=True).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-            yield prefix + name, float(value)
-
-
 class TensorBoardLogger(NoLogger):
-    """Scalars per epoch, the figures as images and the final metrics, in <run_dir>/tensorboard/."""
+    """Scalars per epoch, the figures as images, the final metrics, the run's hyper-parameters beside its
+    headline numbers (HParams) and the test codes with their labels and images (Projector), all in
+    <run_dir>/tensorboard/."""
 
-    def __init__(self, run_dir: Path | str, flush_secs: int = 30):
+    def __init__(
+        self,
+        run_dir: Path | str,
+        flush_secs: int = 30,
+        projector_images: int = 1000,
+        hparams_metrics: Sequence[str] = ("test.total",),
+    ):
         super().__init__(run_dir)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
-            raise ConfigError(
-                "logger=tensorboard needs the tensorboard package, which is not installed: run "
-                "`pip install -c constraints.txt -e '.[tensorboard]'` in the project folder, "
-                "or use logger=none."
-            ) from error
+            raise ConfigError(install_hint("tensorboard", "tensorboard")) from error
+        self.embedding_images = projector_images
+        self.hparams_metrics = list(hparams_metrics)
         self.log_dir = self.run_dir / TENSORBOARD_FOLDER
         self.writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=flush_secs)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         """Write train/* and test/* (total, recon, kl: nats per image) and the speed, at step = epoch."""
-        numbers = {key: record.get(key) for key in ("train", "test", "train_s", "train_images_per_s")}
-        for name, value in flatten_numbers(numbers):
+        for name, value in epoch_numbers(record).items():
             self.writer.add_scalar(name, value, global_step=record["epoch"])
         self.writer.flush()
 
@@ -94,5 +209,176 @@ class TensorBoardLogger(NoLogger):
             self.writer.add_scalar(name, value, global_step=step)
         self.writer.flush()
 
+    def log_embedding(
+        self, codes: torch.Tensor, labels: Sequence[str], images: torch.Tensor, step: int = 0
+    ) -> None:
+        """Write the codes (N, D) for the Embedding Projector, each point with its label and its image
+        (N, C, H, W in [0, 1], drawn into a sprite): projector_config.pbtxt, then <step>/test_codes/."""
+        self.writer.add_embedding(
+            codes.detach().cpu().float(),
+            metadata=list(labels),
+            label_img=images.detach().cpu().float(),
+            global_step=step,
+            tag=EMBEDDING_TAG,
+        )
+        self.writer.flush()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Write the run's hyper-parameters and the names of its headline numbers for the HParams plugin.
+
+        The plugin reads each metric's value from the scalar of that tag in this run (its last step):
+        `hparams_metrics` names summary.json keys (test.total, metrics.iwae.nll_k100, ...), which the
+        epochs and log_metrics wrote as test/total, metrics/iwae/nll_k100, ... Unlike
+        SummaryWriter.add_hparams, nothing is written twice and no second run (a timestamped subfolder)
+        appears: the session is this run's folder.
+        """
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = flatten(summary)
+        shown = [key for key in self.hparams_metrics if _is_number(flat.get(key))]
+        metrics = {key.replace(".", "/"): flat[key] for key in shown}
+        for proto in hparams(dict(self.context.hparams), metrics):  # experiment, session start, session end
+            self.writer.file_writer.add_summary(proto)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
+
+
+class WandbLogger(NoLogger):
+    """A Weights & Biases run: the config, the numbers of each epoch, the figures as images, the final
+    metrics in its summary; a sweep's runs grouped by their sweep folder and named by their overrides.
+
+    Its files go to <run_dir>/wandb/. Offline (mode=offline or WANDB_MODE=offline) it needs no account
+    and no network; `wandb sync <run_dir>/wandb/offline-run-*` uploads such a run later.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path | str,
+        project: str = "vae_lab",
+        entity: Optional[str] = None,
+        mode: Optional[str] = None,
+        tags: Sequence[str] = (),
+        system_stats: bool = False,
+    ):
+        super().__init__(run_dir)
+        try:
+            import wandb
+        except ImportError as error:
+            raise ConfigError(install_hint("wandb", "wandb")) from error
+        self.wandb = wandb
+        self.project, self.entity, self.mode = project, entity, mode
+        self.tags = list(tags)
+        self.system_stats = system_stats
+        self.run = None
+        self.exit_code = 1  # until finish(): a run that stops before its summary is marked failed
+
+    def start(self, context: RunContext) -> None:
+        super().start(context)
+        config = dict(context.config) | {"overrides": list(context.overrides)}
+        try:
+            self.run = self.wandb.init(
+                project=self.project,
+                entity=self.entity,
+                mode=self.mode,
+                dir=str(self.run_dir),
+                group=context.group,
+                name=context.name,
+                job_type="train",
+                tags=self.tags or None,
+                config=config,
+                settings=self.wandb.Settings(
+                    console="off", x_disable_stats=not self.system_stats, silent=True
+                ),
+            )
+        except Exception as error:  # wandb raises its own errors, and network ones, without a common base
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(
+                f"logger=wandb could not start its run ({first}). Without an account or network: "
+                "WANDB_MODE=offline, or logger.mode=offline; to upload, run `wandb login` first."
+            ) from None
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        self.run.log(epoch_numbers(record) | {"epoch": record["epoch"]}, step=record["epoch"])
+
+    def log_figures(self, paths: Sequence[Path | str], step: int) -> None:
+        images = {f"figures/{Path(path).stem}": self.wandb.Image(str(path)) for path in paths}
+        self.run.log(images, step=step)
+
+    def log_metrics(self, metrics: dict[str, Any] | None, step: int = 0) -> None:
+        self.run.log(dict(flatten_numbers(metrics, "metrics/")), step=step)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Put the run's final numbers (summary.json, flattened with /) in the W&B summary."""
+        numbers = dict(flatten_numbers({key: summary.get(key) for key in ("test", "train", "metrics")}))
+        numbers |= {key: summary[key] for key in ("status", "epochs", "wall_time_s") if key in summary}
+        self.run.summary.update(numbers)
+        self.exit_code = 0
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=self.exit_code)
+            self.run = None
+
+
+class MultiLogger(NoLogger):
+    """Several loggers at once: logger=multi 'logger/backends=[tensorboard,wandb]'.
+
+    `backends` holds each one's config (conf/logger/backends/*.yaml bring in conf/logger/<name>.yaml);
+    each is built here, given the run folder, and gets every call in turn.
+    """
+
+    def __init__(self, run_dir: Path | str, backends: DictConfig | dict | None = None):
+        from vae_lab.build import instantiate_node
+
+        super().__init__(run_dir)
+        if not backends:
+            raise ConfigError(
+                "logger=multi was given no loggers: name them as 'logger/backends=[tensorboard,wandb]' "
+                "(the choices: tensorboard, wandb)."
+            )
+        self.loggers = []
+        try:
+            for name, node in backends.items():
+                self.loggers.append(instantiate_node(node, f"logger.backends.{name}", run_dir=run_dir))
+        except BaseException:
+            self.close()
+            raise
+        self.embedding_images = max(logger.embedding_images for logger in self.loggers)
+
+    def start(self, context: RunContext) -> None:
+        super().start(context)
+        for logger in self.loggers:
+            logger.start(context)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log_epoch(record)
+
+    def log_figures(self, paths: Sequence[Path | str], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_figures(paths, step)
+
+    def log_metrics(self, metrics: dict[str, Any] | None, step: int = 0) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step)
+
+    def log_embedding(
+        self, codes: torch.Tensor, labels: Sequence[str], images: torch.Tensor, step: int = 0
+    ) -> None:
+        for logger in self.loggers:
+            count = min(logger.embedding_images, len(codes))
+            if count:
+                logger.log_embedding(codes[:count], list(labels)[:count], images[:count], step)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.finish(summary)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            try:
+                logger.close()
+            except Exception as error:  # one tracker's failure to close must not hide the others'
+                log.warning(f"{type(logger).__name__} did not close cleanly: {error}")

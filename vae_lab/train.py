@@ -7,7 +7,9 @@ Everything a run makes lands in its Hydra run folder (outputs/<date>/<time>/). R
 it is one job from config to summary.json; the loop itself is vae_lab/loop.py.
 """
 
+import difflib
 import logging
+import math
 import os
 import sys
 import time
@@ -21,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vae_lab import checkpoint as checkpoints
-from vae_lab import evaluate
+from vae_lab import evaluate, inference
 from vae_lab.build import build, build_data, check_model_fits_data, instantiate_node
 from vae_lab.checkpoint import Checkpoint
 from vae_lab.config import CONF_DIR, check_config, register_schemas, resolve_device, upgrade_legacy_overrides
@@ -34,9 +36,10 @@ from vae_lab.launchers import (
     require_launcher_plugin,
     require_writable_output,
 )
+from vae_lab.loggers import run_context
 from vae_lab.loop import FitSettings, TrainingDiverged, TrainStep, fit, format_parts
 from vae_lab.memory import hand_back_freed_memory
-from vae_lab.runs import CHECKPOINT_FILE, SUMMARY_FILE, read_summary, unwritable, write_json
+from vae_lab.runs import CHECKPOINT_FILE, SUMMARY_FILE, flatten, read_summary, unwritable, write_json
 from vae_lab.stopping import RunInterrupted, StopSignals, watch_launcher
 
 log = logging.getLogger("vae_lab")
@@ -67,6 +70,7 @@ def run(
     )
     logger = instantiate_node(cfg.logger, "logger", run_dir=run_dir)  # besides the run folder's own files
     try:
+        logger.start(run_context(cfg, run_dir))
         last = fit(step, data, fit_settings(cfg, run_dir), run_dir, checkpoint, stop, logger)
         hand_back_freed_memory()  # what training kept for its steps: not part of evaluation's peak
         metrics, histograms = None, None
@@ -84,26 +88,31 @@ def run(
             )
             log.info(evaluate.one_line(metrics))
             logger.log_metrics(metrics, step=last["epoch"])
+        if logger.embedding_images:  # the first test images' codes, for TensorBoard's projector
+            shown = data.test_images[: logger.embedding_images]
+            labels = [data.class_names[label] for label in data.test_labels[: len(shown)].tolist()]
+            logger.log_embedding(inference.encode_means(model, shown), labels, shown / 255, last["epoch"])
         figures = draw_run_figures(model, data, run_dir, cfg.seed, cfg.evaluation.enabled, histograms)
         logger.log_figures([run_dir / name for name in figures], step=last["epoch"])
+        summary = {
+            "status": "completed",
+            "epochs": last["epoch"],
+            "test": last["test"],
+            "train": last["train"],
+            "units": "nats per image",
+            "train_images": len(data.train_images),
+            "test_images": len(data.test_images),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "wall_time_s": round(time.perf_counter() - started, 2),
+            "peak_memory_mib": peak_memory_mib(),
+            "resumed_after_epoch": checkpoint.epoch if checkpoint is not None else None,
+            "figures": figures,
+            "metrics": metrics,
+        }
+        logger.finish(summary)
     finally:
         logger.close()
-    summary = {
-        "status": "completed",
-        "epochs": last["epoch"],
-        "test": last["test"],
-        "train": last["train"],
-        "units": "nats per image",
-        "train_images": len(data.train_images),
-        "test_images": len(data.test_images),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "peak_memory_mib": peak_memory_mib(),
-        "resumed_after_epoch": checkpoint.epoch if checkpoint is not None else None,
-        "figures": figures,
-        "metrics": metrics,
-    }
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
@@ -163,9 +172,12 @@ def write_failure(run_dir: Path, error: BaseException) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def train_app(cfg: DictConfig) -> None:
+def train_app(cfg: DictConfig) -> Optional[float]:
     """The Hydra app: one job of a run or of a sweep. Checks come first and touch nothing; a job that
-    fails leaves its status in summary.json; one failed job never stops its sweep."""
+    fails leaves its status in summary.json; one failed job never stops its sweep.
+
+    It gives back the summary's number that `objective` names (for hydra/sweeper=optuna), else None.
+    """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -188,7 +200,7 @@ def train_app(cfg: DictConfig) -> None:
     if checkpoint and finished and checkpoint.epoch >= cfg.trainer.epochs:
         checkpoints.restore_hydra_files(run_dir, checkpoint.hydra_files)
         log.info(f"{run_dir} finished before ({checkpoint.epoch} epochs): left as it is")
-        return
+        return objective_value(cfg.objective, read_summary(run_dir))
     launcher = watch_launcher() if in_worker_process() else None
     if launcher is not None:
         launcher.busy.set()
@@ -220,6 +232,23 @@ def train_app(cfg: DictConfig) -> None:
         f"Figures: {', '.join(summary['figures'])}  |  test {format_parts(summary['test'])} "
         f"(nats per image)  |  wall time {summary['wall_time_s']:.0f} s"
     )
+    return objective_value(cfg.objective, summary)
+
+
+def objective_value(key: Optional[str], summary: dict[str, Any]) -> Optional[float]:
+    """Give back summary[key] (a flattened key: metrics.iwae.nll_k100) as a float; None where key is None
+    or the run has no such finite number (then the error says which keys it has)."""
+    if key is None:
+        return None
+    flat = flatten(summary)
+    value = flat.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    numbers = [name for name, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    close = difflib.get_close_matches(key, numbers, n=3)
+    hint = f"; the closest keys it has: {', '.join(close)}" if close else ""
+    log.error(f"objective={key}: this run's summary has no number there (it has {value!r}){hint}")
+    return None
 
 
 def main() -> None:
@@ -228,7 +257,21 @@ def main() -> None:
     sys.argv[1:] = upgrade_legacy_overrides(sys.argv[1:])  # loss.likelihood=gaussian still works
     require_launcher_plugin(sys.argv[1:])
     require_writable_output(sys.argv[1:])
+    require_sweeper_plugin(sys.argv[1:])
     train_app()
+
+
+def require_sweeper_plugin(arguments: list[str]) -> None:
+    """Exit with an install hint when the command line asks for Optuna (hydra/sweeper=optuna, or
+    experiment=search, which picks it) and its plugin is missing: Hydra would only say it cannot find it."""
+    import importlib.util
+
+    wants = any(a in ("hydra/sweeper=optuna", "experiment=search") for a in arguments)
+    if wants and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        raise SystemExit(
+            "hydra/sweeper=optuna needs the optional Optuna sweeper plugin, which is not installed: run "
+            "`pip install -c constraints.txt -e '.[optuna]'` in the project folder."
+        )
 
 
 if __name__ == "__main__":
