@@ -89,6 +89,7 @@ class CelebASchema(DataSchema):
     attribute: str = MISSING  # the labels: this column of list_attr_celeba.txt
     image_size: int = checked(lambda v: _is_int(v) and v >= 8, "an integer of at least 8 (pixels)")
     crop_size: int = positive_int()  # pixels, at most 178 for CelebA's aligned faces
+    require_all_images: bool = MISSING  # refuse a folder that lacks any of the 202,599 faces
 
 
 @dataclass

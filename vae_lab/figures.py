@@ -52,8 +52,9 @@ def draw_run_figures(
     """Draw a run's figures into run_dir; give back their file names.
 
     Every run: reconstructions, the latent scatter, prior samples, and the manifold of a 2-d latent.
-    An evaluated run also: interpolations, latent traversals (above 2-d), and the class histograms of
-    its samples (`histograms`, from the evaluation, where a classifier judged them).
+    An evaluated run also: interpolations, latent traversals (above 2-d), the class histograms of
+    its samples (`histograms`, from the evaluation, where a classifier judged them), and for data of
+    two classes (an attribute) the attribute vector added to test images.
     """
     name = type(model).__name__
     tensors = figure_tensors(model, data, seed)
@@ -89,8 +90,26 @@ def draw_run_figures(
                 title="straight lines between test codes, decoded",
             )
         )
+    if evaluated and len(data.class_names) == 2:  # an attribute (CelebA's data.attribute) or two classes
+        drawn.append(draw_attribute_shift(model, data, tensors.test_codes, run_dir))
     if evaluated and model.latent_dim > 2:
         images, dims = inference.traversals(model, tensors.test_codes.mean(0))
         title = f"each of {dims} latent dimensions from -3 to 3 around the mean"
         drawn.append(plots.plot_image_grid(images, run_dir / "traversal.png", cols=9, title=title))
     return [path.name for path in drawn]
+
+
+ATTRIBUTE_FACES = 8  # test images without the attribute, one per row of attribute_shift.png
+
+
+def draw_attribute_shift(model, data: ImageData, test_codes: torch.Tensor, run_dir: Path) -> Path:
+    """attribute_shift.png: test images without the attribute (rows), decoded after adding s times the
+    attribute vector of the test codes (columns, s from inference.ATTRIBUTE_STRENGTHS)."""
+    vector = inference.attribute_vector(test_codes, data.test_labels)
+    without = torch.nonzero(data.test_labels == 0).flatten()[:ATTRIBUTE_FACES].to(data.test_images.device)
+    images = inference.attribute_shifts(model, data.test_images[without], vector)
+    low, high = inference.ATTRIBUTE_STRENGTHS[0], inference.ATTRIBUTE_STRENGTHS[-1]
+    title = f"code + s x ({data.class_names[1]} vector), s = {low:g} to {high:g}; s = 0: reconstruction"
+    return plots.plot_image_grid(
+        images, run_dir / "attribute_shift.png", cols=len(inference.ATTRIBUTE_STRENGTHS), title=title
+    )

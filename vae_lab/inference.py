@@ -166,3 +166,23 @@ def traversals(model, centre: torch.Tensor, dims: int = 16, steps: int = 9, span
     for d in range(dims):
         codes[d, :, d] = centre[d] + offsets
     return model.decode(codes.flatten(0, 1)), dims
+
+
+ATTRIBUTE_STRENGTHS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)  # 0: the reconstruction
+
+
+def attribute_vector(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Give back the mean code of the images labelled 1 minus that of those labelled 0 (White 2016,
+    "Sampling generative networks"): the direction in which the attribute grows."""
+    labels = labels.to(codes.device)
+    return codes[labels == 1].mean(0) - codes[labels == 0].mean(0)
+
+
+@torch.no_grad()
+def attribute_shifts(
+    model, images: torch.Tensor, vector: torch.Tensor, strengths: tuple[float, ...] = ATTRIBUTE_STRENGTHS
+) -> torch.Tensor:
+    """Give back the decodings of code(image) + s * vector: a row per image, a column per strength s."""
+    codes = encode_means(model, images)  # (N, D)
+    offsets = torch.tensor(strengths, device=codes.device).view(1, -1, 1) * vector.view(1, 1, -1)
+    return model.decode((codes.unsqueeze(1) + offsets).flatten(0, 1))
