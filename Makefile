@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED_MNIST := ../shared/data/MNIST/raw
 DATA := data/MNIST/raw
+SHARED_CELEBA := ../shared/data/celeba
+CELEBA := data/celeba
+CELEBA_FILES := img_align_celeba list_attr_celeba.txt list_eval_partition.txt identity_CelebA.txt
 MNIST_GZ := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
 
 .PHONY: setup data demo test lint bench clean
@@ -17,11 +20,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # Copy the official MNIST files when they sit beside the project; else torchvision downloads them on first use.
+# Link (never copy: CelebA's terms) the CelebA faces and files that sit beside it into data/celeba/, a real
+# folder, so that its image cache is written into the project's data folder, not beside the shared files.
 data:
 	@mkdir -p $(DATA)
 	@for f in $(MNIST_GZ); do \
 	  if [ ! -f $(DATA)/$$f ] && [ -f $(SHARED_MNIST)/$$f ]; then cp $(SHARED_MNIST)/$$f $(DATA)/ && echo "copied $$f into $(DATA)"; fi; \
 	done
+	@if [ -d $(SHARED_CELEBA)/img_align_celeba ]; then \
+	  mkdir -p $(CELEBA); \
+	  for f in $(CELEBA_FILES); do \
+	    if [ ! -e $(CELEBA)/$$f ] && [ -e $(SHARED_CELEBA)/$$f ]; then ln -s "$$(cd $(SHARED_CELEBA) && pwd)/$$f" $(CELEBA)/$$f && echo "linked $$f into $(CELEBA)"; fi; \
+	  done; \
+	fi
 
 # A short ablation: 1 epoch over the first 20,000 training images per run, a lighter evaluation.
 DEMO_ARGS ?= trainer.epochs=1 data.limit=20000 evaluation.iwae_images=200 evaluation.prior_samples=2000
