@@ -44,7 +44,6 @@ OPERATIONAL_KEYS = (
     "data.root",
     "device",
 )
-HPARAM_GROUPS = ("data", "model", "loss")  # their choices are hyper-parameters of every run
 
 
 def install_hint(option: str, extra: str) -> str:
@@ -58,37 +57,44 @@ def install_hint(option: str, extra: str) -> str:
 class RunContext:
     """What a tracker needs to know of a run besides its numbers."""
 
-    name: str  # the run's overrides as its sweep folder names them, and its seed (loss=kl,seed=1)
+    name: str  # the overrides that name its sweep folder, and its seed (loss=kl,seed=1)
     group: Optional[str] = None  # a sweep job's sweep folder; None for a single run
-    hparams: dict[str, Any] = field(default_factory=dict)  # name -> bool, int, float or str
-    overrides: list[str] = field(default_factory=list)  # the overrides the hyper-parameters came from
+    hparams: dict[str, Any] = field(default_factory=dict)  # those overrides: key -> bool, int, float, str
+    overrides: list[str] = field(default_factory=list)  # every override that changes what the run computes
     config: dict[str, Any] = field(default_factory=dict)  # the whole resolved config
 
 
 def run_context(cfg: DictConfig, run_dir: Path) -> RunContext:
     """Give back the run's name, sweep folder, hyper-parameters and config, from Hydra where it runs the job.
 
-    The hyper-parameters are the choices of the data, model and loss groups and the job's own
-    overrides (a sweep's point, seed included), less those that only say how the run is carried out.
+    The hyper-parameters are the job's overrides that name its sweep folder (a sweep's point: Hydra's
+    override_dirname, less its exclude_keys: evaluation settings, threads, ...) and its seed, if given.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    overrides, choices, group, unnamed = [], {}, None, set()
+    overrides, group, unnamed = [], None, set()
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         overrides = list(hydra_cfg.overrides.task)
-        choices = dict(hydra_cfg.runtime.choices)
         unnamed = set(hydra_cfg.job.config.override_dirname.exclude_keys)  # as job folders are named
         if hydra_cfg.mode == RunMode.MULTIRUN:
             group = str(hydra_cfg.sweep.dir)
-    kept = [o for o in overrides if not _operational(o.partition("=")[0].lstrip("+~"))]
-    hparams = {name: choices[name] for name in HPARAM_GROUPS if isinstance(choices.get(name), str)}
-    hparams.update(parse_overrides(kept))
-    named = sorted(o for o in kept if o.partition("=")[0] not in unnamed)
-    name = ",".join(named + ([f"seed={hparams['seed']}"] if "seed" in hparams else []))
+    kept = [o for o in overrides if not _operational(_key(o))]
+    named = sorted(o for o in kept if _key(o) not in unnamed)
+    seed = [o for o in kept if _key(o) == "seed"]
     config = OmegaConf.to_container(cfg, resolve=True)
-    return RunContext(name=name or run_dir.name, group=group, hparams=hparams, overrides=kept, config=config)
+    return RunContext(
+        name=",".join(named + seed) or run_dir.name,
+        group=group,
+        hparams=parse_overrides(named + seed),
+        overrides=kept,
+        config=config,
+    )
+
+
+def _key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
 
 
 def _operational(key: str) -> bool:
@@ -213,9 +219,16 @@ class TensorBoardLogger(NoLogger):
         self, codes: torch.Tensor, labels: Sequence[str], images: torch.Tensor, step: int = 0
     ) -> None:
         """Write the codes (N, D) for the Embedding Projector, each point with its label and its image
-        (N, C, H, W in [0, 1], drawn into a sprite): projector_config.pbtxt, then <step>/test_codes/."""
+        (N, C, H, W in [0, 1], drawn into a sprite): projector_config.pbtxt, then <step>/test_codes/.
+
+        Codes of fewer than 3 dimensions get zero columns up to 3: the projector's PCA finds no
+        components in 2-d data and draws nothing; with the zeros it shows the codes as they are.
+        """
+        codes = codes.detach().cpu().float()
+        if codes.shape[1] < 3:
+            codes = torch.cat([codes, codes.new_zeros(len(codes), 3 - codes.shape[1])], dim=1)
         self.writer.add_embedding(
-            codes.detach().cpu().float(),
+            codes,
             metadata=list(labels),
             label_img=images.detach().cpu().float(),
             global_step=step,
