@@ -66,8 +66,9 @@ def runs_with_events(logdir: Path) -> list[Path]:
     return sorted({path.parent for path in logdir.rglob("events.out.tfevents.*")})
 
 
-def screenshot_hparams(page, url: str, out: Path, width: int) -> list[Path]:
-    """The HParams dashboard's table, then its parallel-coordinates view."""
+def screenshot_hparams(page, url: str, out: Path, color_by: str) -> list[Path]:
+    """The HParams dashboard's table, then its parallel-coordinates view, its lines coloured by the
+    metric `color_by` (a TensorBoard tag, e.g. metrics/iwae/nll_k100) where the sweep has it."""
     page.goto(f"{url}/#hparams")
     page.get_by_text("TABLE VIEW").first.wait_for(timeout=60_000)
     page.wait_for_timeout(8_000)  # the session list arrives after the tabs
@@ -75,6 +76,14 @@ def screenshot_hparams(page, url: str, out: Path, width: int) -> list[Path]:
     page.screenshot(path=str(table))
     page.get_by_text("PARALLEL COORDINATES VIEW").first.click()
     page.wait_for_timeout(6_000)
+    menu = page.locator("#colorByDropDownMenu").first
+    items = page.locator("#colorByListBox paper-item").filter(has_text=color_by)
+    if menu.count() and items.count():
+        menu.click()
+        items.first.click()
+        page.wait_for_timeout(3_000)
+    else:
+        print(f"no metric {color_by} to colour the parallel coordinates by: left as TensorBoard colours them")
     parallel = out / "hparams_parallel_coordinates.png"
     page.screenshot(path=str(parallel))
     return [table, parallel]
@@ -96,9 +105,11 @@ def screenshot_projector(page, url: str, out: Path, color_by: str = "label") -> 
             break
         page.wait_for_timeout(1_000)
         frames = [page.main_frame, *page.frames]
-    if color_menu is not None:
+    if color_menu is None:
+        print("the projector's colour menu did not appear: the screenshot shows it uncoloured")
+    else:
         color_menu.click()
-        color_menu.locator(f'paper-item[value="{color_by}"]').first.click()
+        color_menu.locator("paper-item").filter(has_text=color_by).first.click()
     page.wait_for_timeout(8_000)
     path = out / "projector.png"
     page.screenshot(path=str(path))
@@ -111,6 +122,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/trackers"), help="where the PNGs go")
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument(
+        "--color-by", default="metrics/iwae/nll_k100", help="the metric that colours the lines"
+    )
     args = parser.parse_args(argv)
     if not runs_with_events(args.sweep):
         raise SystemExit(f"{args.sweep} holds no TensorBoard events: run the sweep with logger=tensorboard.")
@@ -128,7 +142,7 @@ def main(argv=None) -> None:
     with tensorboard(args.sweep, free_port()) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
-        written = screenshot_hparams(page, url, args.out, args.width)
+        written = screenshot_hparams(page, url, args.out, args.color_by)
         written.append(screenshot_projector(page, url, args.out))
         browser.close()
     for path in written:
