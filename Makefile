@@ -9,7 +9,7 @@ CELEBA := data/celeba
 CELEBA_FILES := img_align_celeba list_attr_celeba.txt list_eval_partition.txt identity_CelebA.txt
 MNIST_GZ := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
 
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup data demo test lint bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,11 @@ test: setup data lint
 # Training speed of vae_lab against a plain PyTorch loop, side by side (a few minutes on CPU).
 bench: setup data
 	$(BIN)/python -m vae_lab.bench --json bench.json
+
+# On a machine with CUDA: the tests (tests/test_on_device.py on the GPU), the bench on the GPU and a
+# 2-epoch ablation, reported in outputs/gpu_check/report.md (docs/speed.md, "On a GPU").
+gpu-check: setup data
+	$(BIN)/python experiments/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
