@@ -373,3 +373,33 @@ def test_a_checkpoint_written_before_the_format_was_versioned_still_loads(tmp_pa
     torch.save(state | {"format_version": FORMAT_VERSION + 1}, tmp_path / "checkpoint.pt")
     with pytest.raises(RunFolderError, match="not a checkpoint this vae_lab can read"):
         load_checkpoint(tmp_path)
+
+
+# a stop signal that arrives after training, while the run is being drawn (or evaluated)
+SIGNAL_WHILE_DRAWING = """
+import os, signal
+import vae_lab.train as train
+draw = train.draw_run_figures
+def draw_then_signal(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return draw(*args, **kwargs)
+train.draw_run_figures = draw_then_signal
+train.main()
+"""
+
+
+def test_a_stop_signal_after_training_lets_the_run_finish_then_stops_the_sweep(tmp_path, data_root):
+    sweep = tmp_path / "sweep"
+    overrides = command(data_root, "model.latent_dim=2,3", "trainer.epochs=1", f"hydra.sweep.dir={sweep}")[3:]
+    result = subprocess.run(
+        [python(), "-c", SIGNAL_WHILE_DRAWING, "-m", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 128 + signal.SIGTERM, said(result)[-3000:]
+    assert "Traceback" not in said(result) and "arrived after training" in said(result)
+    jobs = sorted(path.name for path in sweep.iterdir() if path.is_dir())
+    assert len(jobs) == 1 and jobs[0].startswith("0_model.latent_dim=2")  # none started after it
+    assert summary(sweep / jobs[0])["status"] == "completed" and (sweep / jobs[0] / "samples.png").is_file()

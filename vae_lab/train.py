@@ -207,6 +207,7 @@ def train_app(cfg: DictConfig) -> Optional[float]:
     try:
         with StopSignals(launcher) as stop:
             summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop)
+            late_stop = (stop.signum, stop.name) if stop.requested else None  # during evaluation
     except BaseException as error:
         write_failure(run_dir, error)
         if isinstance(error, RunInterrupted):
@@ -232,6 +233,12 @@ def train_app(cfg: DictConfig) -> Optional[float]:
         f"Figures: {', '.join(summary['figures'])}  |  test {format_parts(summary['test'])} "
         f"(nats per image)  |  wall time {summary['wall_time_s']:.0f} s"
     )
+    if late_stop:  # training had ended: the run finished; the sweep stops before its next job
+        log.warning(
+            f"{late_stop[1]} arrived after training, so this run finished first; stopping here. "
+            "Run the same command again to go on with the rest of the sweep."
+        )
+        raise SystemExit(128 + late_stop[0])
     return objective_value(cfg.objective, summary)
 
 
