@@ -202,7 +202,6 @@ def fit(
     for epoch in range(len(history) + 1, settings.epochs + 1):
         if position is None:
             position = EpochPosition(epoch=epoch, order_rng=generator.get_state())
-        start = time.perf_counter()
         desc = f"epoch {epoch}/{settings.epochs}"
         train = train_epoch(
             step, data, settings.batch_size, generator, position, stop, settings.progress, desc
@@ -210,10 +209,10 @@ def fit(
         if train is None:  # a stop signal: keep the epoch's place
             save(position)
             stop_now(stop, run_dir, f"epoch {epoch}, step {position.step}")
+        evaluated = time.perf_counter()
         test = evaluate_loss(step.model, step.loss, data.test_images, settings.eval_batch_size, settings.seed)
-        history.append(
-            epoch_record(epoch, train, test, position, time.perf_counter() - start, len(data.train_images))
-        )
+        eval_s = time.perf_counter() - evaluated
+        history.append(epoch_record(epoch, train, test, position, eval_s, len(data.train_images)))
         position = None
         save(None)  # the checkpoint first: metrics.jsonl is rewritten from it on resume
         write_metrics(run_dir, history)
