@@ -30,6 +30,17 @@ def require_launcher_plugin(arguments: list[str]) -> None:
             )
 
 
+def require_sweeper_plugin(arguments: list[str]) -> None:
+    """Exit with an install hint when the command line asks for Optuna (hydra/sweeper=optuna, or
+    experiment=search, which picks it) and its plugin is missing: Hydra would only say it cannot find it."""
+    wants = any(a in ("hydra/sweeper=optuna", "experiment=search") for a in arguments)
+    if wants and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        raise SystemExit(
+            "hydra/sweeper=optuna needs the optional Optuna sweeper plugin, which is not installed: run "
+            "`pip install -c constraints.txt -e '.[optuna]'` in the project folder."
+        )
+
+
 def require_writable_output(arguments: list[str]) -> None:
     """Exit with a message when the output folder cannot be made: Hydra would fail with a traceback.
 

@@ -34,6 +34,7 @@ from vae_lab.launchers import (
     in_worker_process,
     parallel_jobs,
     require_launcher_plugin,
+    require_sweeper_plugin,
     require_writable_output,
 )
 from vae_lab.loggers import run_context
@@ -266,19 +267,6 @@ def main() -> None:
     require_writable_output(sys.argv[1:])
     require_sweeper_plugin(sys.argv[1:])
     train_app()
-
-
-def require_sweeper_plugin(arguments: list[str]) -> None:
-    """Exit with an install hint when the command line asks for Optuna (hydra/sweeper=optuna, or
-    experiment=search, which picks it) and its plugin is missing: Hydra would only say it cannot find it."""
-    import importlib.util
-
-    wants = any(a in ("hydra/sweeper=optuna", "experiment=search") for a in arguments)
-    if wants and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
-        raise SystemExit(
-            "hydra/sweeper=optuna needs the optional Optuna sweeper plugin, which is not installed: run "
-            "`pip install -c constraints.txt -e '.[optuna]'` in the project folder."
-        )
 
 
 if __name__ == "__main__":
