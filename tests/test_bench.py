@@ -32,6 +32,28 @@ def test_fast_dropout_gradient_flows_through_kept_units_only():
     assert torch.equal(x.grad, out.detach())  # d out / d x is the mask itself: 0 or 1/(1-p)
 
 
+def test_fast_dropout_in_place_after_batch_norm_gives_the_same_output_and_gradients():
+    x = torch.randn(8, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    results = []
+    for inplace in (False, True):
+        torch.manual_seed(3)  # the same BatchNorm start and the same masks
+        block = torch.nn.Sequential(torch.nn.BatchNorm2d(4), FastDropout(0.3, inplace=inplace)).train()
+        inputs = x.clone().requires_grad_()
+        out = block(inputs)
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).view_as(out))
+        results.append((out.detach(), inputs.grad, block[0].weight.grad, block[0].bias.grad))
+    for plain, in_place in zip(*results, strict=True):
+        assert torch.equal(plain, in_place)
+    assert (results[0][0] == 0).any() and (results[0][0] != 0).any()
+
+
+def test_fast_dropout_in_place_after_a_layer_that_keeps_its_output_is_refused_by_autograd():
+    inputs = torch.randn(100, requires_grad=True)
+    out = FastDropout(0.3, inplace=True).train()(torch.sigmoid(inputs))  # sigmoid keeps its output
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 @pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_fast_conv_transpose_is_nn_conv_transpose_with_the_same_gradients(stride, memory_format):

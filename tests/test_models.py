@@ -7,6 +7,7 @@ from vae_lab.models import (
     ConvDecoder,
     ConvEncoder,
     FastConvTranspose2d,
+    FastDropout,
     MLPDecoder,
     MLPEncoder,
 )
@@ -65,6 +66,27 @@ def test_conv_encoder_matches_the_article():
     assert [c.stride[0] for c in transposed] == [1, 2, 2, 1]
     assert all(type(c) is FastConvTranspose2d for c in transposed)
     assert all(type(c) is torch.nn.ConvTranspose2d for c in ConvDecoder(2, fast_transpose=False).body[::2])
+
+
+def test_in_place_relus_and_dropout_change_no_output_and_no_gradient():
+    """The conv pair's ReLUs, and its dropout after BatchNorm, work in place: the numbers of out of place."""
+    x = torch.rand(6, 1, 28, 28)
+    results = []
+    for in_place in (True, False):
+        torch.manual_seed(0)  # the same weights and the same dropout masks and noise
+        model = VAE(2, ConvEncoder(batch_norm=True, dropout=0.3), ConvDecoder(2)).train()
+        layers = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, FastDropout))]
+        assert all(layer.inplace for layer in layers) and len(layers) == 12
+        for layer in layers:
+            layer.inplace = in_place
+        output = model(x)
+        loss = output.recon_logits.square().mean() + output.mean.square().sum() + output.log_var.sum()
+        loss.backward()
+        grads = [p.grad for p in model.parameters()]
+        results.append([output.recon_logits.detach(), output.code.detach(), *grads])
+    for in_place, plain in zip(*results, strict=True):
+        assert torch.equal(in_place, plain)
+    assert not ConvEncoder(batch_norm=False, dropout=0.3).body[2].inplace  # after a ReLU: out of place
 
 
 def test_reparameterisation_gives_gradients_to_mean_and_log_variance():

@@ -35,11 +35,13 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = []
         size, previous = image_size, in_channels
         for out_channels, stride in zip(channels, strides, strict=True):
-            layers += [nn.Conv2d(previous, out_channels, 3, stride=stride, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(previous, out_channels, 3, stride=stride, padding=1), nn.ReLU(inplace=True)]
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
             if dropout > 0:
-                layers.append(FastDropout(dropout) if fast_dropout else nn.Dropout(dropout))
+                # after BatchNorm, whose backward does not need its output, the mask is applied in place
+                fast = FastDropout(dropout, inplace=batch_norm)
+                layers.append(fast if fast_dropout else nn.Dropout(dropout))
             size, previous = _same_size(size, stride), out_channels
         self.body = nn.Sequential(*layers, nn.Flatten())
         self.feature_dim = previous * size * size
@@ -77,7 +79,7 @@ class ConvDecoder(nn.Module):
             )
         self.start_shape = (start_channels, image_size // upscale, image_size // upscale)
         self.project = nn.Sequential(
-            nn.Linear(latent_dim, start_channels * self.start_shape[1] ** 2), nn.ReLU()
+            nn.Linear(latent_dim, start_channels * self.start_shape[1] ** 2), nn.ReLU(inplace=True)
         )
         layers: list[nn.Module] = []
         previous = start_channels
@@ -85,7 +87,7 @@ class ConvDecoder(nn.Module):
             # stride 2 with output_padding 1 doubles the size exactly, as Keras 'same' does
             layers += [
                 transposed_conv(previous, channels_out, 3, stride, padding=1, output_padding=stride - 1),
-                nn.ReLU(),
+                nn.ReLU(inplace=True),
             ]
             previous = channels_out
         # the last layer gives logits: the loss applies the sigmoid inside a stable BCE

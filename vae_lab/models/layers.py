@@ -15,10 +15,15 @@ class FastDropout(nn.Module):
     numbers. Each element is kept with probability 1 - p rounded to a multiple of 2**-16 (so
     within 2**-17 of 1 - p) and scaled by the inverse of that probability: the expectation is
     unchanged, as with nn.Dropout. In eval mode it is the identity.
+
+    inplace: multiply x itself by the mask (as nn.Dropout(inplace=True)), which saves writing a fresh
+    tensor; only where the layer before does not keep its output for its backward (BatchNorm does
+    not; ReLU does, and autograd then refuses the backward).
     """
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
+        self.inplace = inplace
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
@@ -35,12 +40,14 @@ class FastDropout(nn.Module):
         words = torch.empty(-(-x.numel() // 4), dtype=torch.int64, device=x.device)
         words.random_(-(2**63), None)  # every bit uniform
         integers = words.view(torch.int16)[: x.numel()]  # uniform on [-2**15, 2**15)
-        keep = integers < self.keep_levels - _LEVELS // 2  # P(kept) = keep_levels / 2**16
-        mask = keep.to(x.dtype).mul_(self.scale).as_strided(x.shape, x.stride())  # in x's memory layout
-        return x * mask
+        # 1.0 where kept (P = keep_levels / 2**16), written straight into x's dtype: no bool mask to convert
+        mask = torch.empty_like(integers, dtype=x.dtype)
+        torch.lt(integers, self.keep_levels - _LEVELS // 2, out=mask)
+        mask = mask.mul_(self.scale).as_strided(x.shape, x.stride())  # in x's memory layout
+        return x.mul_(mask) if self.inplace else x * mask
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class FastConvTranspose2d(nn.ConvTranspose2d):
