@@ -76,6 +76,66 @@ def test_fast_conv_transpose_is_nn_conv_transpose_with_the_same_gradients(stride
     assert no_bias(x).shape == out_plain.shape
 
 
+CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Gold 6230
+flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Gold 6230
+flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "native"), [("", False), ("amx_bf16 amx_tile", True), ("avx512_bf16", True)]
+)
+def test_cpu_features_read_the_bf16_flags_of_proc_cpuinfo(tmp_path, extra, native):
+    from vae_lab.hardware import cpu_features
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(extra=extra))
+    features = cpu_features(cpuinfo)
+    assert features.name == "Intel(R) Xeon(R) Gold 6230" and features.native_bf16 is native
+    assert f"AMX-BF16 {'yes' if 'amx' in extra else 'no'}" in features.describe()
+    unknown = cpu_features(tmp_path / "absent")
+    assert unknown.native_bf16 is None and "unknown" in unknown.describe()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_against(monkeypatch, caplog, native):
+    from vae_lab import loop
+    from vae_lab.hardware import CpuFeatures
+
+    flags = frozenset({"avx512f", "amx_bf16"} if native else {"avx512f"})
+    monkeypatch.setattr(loop, "cpu_features", lambda: CpuFeatures("Xeon", flags))
+    model = torch.nn.Linear(2, 2)
+    with caplog.at_level("WARNING", logger="vae_lab"):
+        loop.TrainStep(
+            model, None, torch.optim.Adam(model.parameters()), channels_last=False, precision="bf16"
+        )
+        loop.TrainStep(model, None, torch.optim.Adam(model.parameters()), channels_last=False)
+    warnings = [r.getMessage() for r in caplog.records if "trainer.precision=bf16" in r.getMessage()]
+    assert len(warnings) == (0 if native else 1)
+    assert not warnings or "slower than fp32" in warnings[0] and "Xeon" in warnings[0]
+
+
+def test_the_bench_says_which_options_are_faster_and_which_slower_here():
+    from vae_lab.bench import option_verdicts
+
+    rows = {
+        "vae_lab, options off": 100.0,
+        "options off + bf16 autocast": 64.0,
+        "options off + fast dropout": 136.0,
+    }
+    rows |= {"options off + fused Adam": 101.0, "plain": 90.0, "vae_lab": 200.0}
+    lines = option_verdicts({name: {"images_per_s": speed} for name, speed in rows.items()})
+    assert lines == [
+        "bf16 autocast: 0.64x the options-off path, slower here: leave it off",
+        "fast dropout: 1.36x the options-off path, faster here",
+        "fused Adam: 1.01x the options-off path, no gain here",
+    ]
+
+
 def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_path, fake_mnist_root):
     report_path = tmp_path / "bench.json"
     result = subprocess.run(
@@ -126,6 +186,8 @@ def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_pat
     assert report["peak_rss_mib"] == report["variants"]["vae_lab"]["peak_rss_mib"]
     assert report["startup_to_first_step_s"] > 0
     assert "| vae_lab |" in result.stdout and "x plain" in result.stdout
+    assert f"CPU: {report['cpu']}" in result.stdout and "AVX512-BF16" in report["cpu"]
+    assert "bf16 autocast: " in result.stdout and "x the options-off path" in result.stdout
 
 
 def test_a_variant_that_cannot_be_built_stops_the_benchmark_with_its_reason(fake_mnist_root):

@@ -31,6 +31,7 @@ from vae_lab.build import build
 from vae_lab.config import register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import VaeLabError
+from vae_lab.hardware import cpu_features
 from vae_lab.loop import TrainStep
 from vae_lab.train import CONF_DIR
 
@@ -280,6 +281,7 @@ def run_benchmark(
         }
     return {
         "device": str(torch_device),
+        "cpu": cpu_features().describe(),
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
         "window_steps": window_steps,
@@ -297,6 +299,7 @@ def format_table(report: dict) -> str:
     lines = [
         f"device {report['device']}, {report['threads']} threads, batch {report['batch_size']}, "
         f"median of {report['rounds']} interleaved windows of {report['window_steps']} steps",
+        f"CPU: {report['cpu']}",
         f"{report['flops_per_image'] / 1e6:.1f} MFLOP per training image; fp32 matmul peak "
         f"{report['matmul_peak_gflops']:.0f} GFLOP/s",
         "",
@@ -309,12 +312,36 @@ def format_table(report: dict) -> str:
             f"{row['gflops_per_s']:.1f} | {row['share_of_matmul_peak']:.0%} | {row['warmup_s']:.1f} | "
             f"{row['peak_rss_mib']:.0f} |"
         )
+    lines += ["", *option_verdicts(report["variants"])]
     lines += [
         "",
         f"peak resident memory of vae_lab's training process: {report['peak_rss_mib']:.0f} MiB",
         f"process start to first vae_lab training step: {report['startup_to_first_step_s']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def option_verdicts(variants: dict) -> list[str]:
+    """Give back one line per speed option: faster or slower than the options-off path on this machine.
+
+    An option slower here is not one to turn on here, whatever it does on other CPUs (docs/speed.md).
+    """
+    off = variants["vae_lab, options off"]["images_per_s"]
+    lines = []
+    for name, row in variants.items():
+        if name.startswith("options off + "):
+            ratio = row["images_per_s"] / off
+            verdict = (
+                "faster here"
+                if ratio >= 1.03
+                else "slower here: leave it off"
+                if ratio < 0.97
+                else "no gain here"
+            )
+            lines.append(
+                f"{name.removeprefix('options off + ')}: {ratio:.2f}x the options-off path, {verdict}"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from vae_lab import memory
 from vae_lab.checkpoint import Checkpoint, EpochPosition
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import VaeLabError
+from vae_lab.hardware import cpu_features
 from vae_lab.inference import evaluate_loss
 from vae_lab.losses import LossParts
 from vae_lab.runs import write_metrics
@@ -57,6 +58,8 @@ class TrainStep:
             model.to(memory_format=torch.channels_last)  # conv weights in NHWC, like the batches
         self.forward_model = torch.compile(model) if compile else model
         self.precision = precision
+        if precision == "bf16":
+            warn_if_bf16_is_slow_here(next(model.parameters()).device)
         if keep_freed_memory:
             memory.keep_freed_memory()
 
@@ -87,6 +90,16 @@ class TrainStep:
         parts.total.backward()
         self.optimizer.step()
         return parts
+
+
+def warn_if_bf16_is_slow_here(device: torch.device) -> None:
+    """bf16 autocast on a CPU without native bf16 is slower than fp32: say so before training."""
+    cpu = cpu_features()
+    if device.type == "cpu" and cpu.native_bf16 is False:
+        log.warning(
+            f"trainer.precision=bf16 on a CPU without AMX-BF16 or AVX512-BF16 ({cpu.name}): bf16 autocast is "
+            "slower than fp32 on such CPUs (docs/speed.md); trainer.precision=fp32 trains faster here"
+        )
 
 
 def train_epoch(
