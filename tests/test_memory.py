@@ -63,3 +63,15 @@ def test_hand_back_freed_memory_returns_what_was_kept():
     result = subprocess.run([python(), "-c", HAND_BACK], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout) > 0.8 * 8 * 12  # MiB: the eight 12 MB buffers the process had kept
+
+
+def test_the_classifier_keeps_freed_memory_while_it_trains_and_hands_it_back(monkeypatch, fake_mnist_root):
+    from vae_lab import classifier, memory
+    from vae_lab.data import load_mnist
+
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(memory, "hand_back_freed_memory", lambda: calls.append("hand back"))
+    data = load_mnist(str(fake_mnist_root), download=False)
+    classifier.train_classifier(data, epochs=1, batch_size=64, lr=1e-3, seed=0, progress=False)
+    assert calls == ["keep", "hand back"]

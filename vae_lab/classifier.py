@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
+from vae_lab import memory
 from vae_lab.config import CONF_DIR, register_schemas
 from vae_lab.data import ImageData, in_order, resolve_root, shuffled_batches, to_float
 from vae_lab.errors import VaeLabError
@@ -100,7 +101,9 @@ def train_classifier(
     progress: bool = True,
 ):
     """Give back a classifier trained on the training split (random shifts, cosine learning rate),
-    and its test accuracy."""
+    and its test accuracy. Its steps keep their freed memory, as training's do (vae_lab/memory.py),
+    and hand it back at the end."""
+    memory.keep_freed_memory()
     torch.manual_seed(seed)
     classifier = DigitClassifier(data.image_shape[0], data.image_shape[1], len(data.class_names))
     classifier.to(data.train_images.device)
@@ -123,6 +126,7 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
+    memory.hand_back_freed_memory()
     return classifier, accuracy(classifier, data.test_images, data.test_labels)
 
 
