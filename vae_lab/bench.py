@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -240,6 +241,24 @@ def profile_default_path(data_root: str, device: str, steps: int, batch_size: in
     return f"{steps} training steps of vae_lab's default path, batch {batch_size}, {torch_device}\n{table}"
 
 
+def variant_specs(options: list[str]) -> dict[str, Optional[list[str]]]:
+    """Give back each variant's config overrides (None: the plain loop): plain, vae_lab's defaults, every
+    option off, and every option in `options` (names of OPTIONS) on its own."""
+    unknown = [name for name in options if name not in OPTIONS]
+    if unknown:
+        raise BenchError(
+            f"--options {','.join(unknown)}: not a speed option; choose from {', '.join(OPTIONS)}"
+        )
+    specs: dict[str, Optional[list[str]]] = {
+        "plain": None,
+        "vae_lab": [],
+        "vae_lab, options off": OPTIONS_OFF,
+    }
+    for name in options:
+        specs[f"options off + {name}"] = [*OPTIONS_OFF, OPTIONS[name]]
+    return specs
+
+
 def say(line: str) -> None:
     """A progress line on stdout, at once (the whole bench takes minutes)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {line}", flush=True)
@@ -252,14 +271,11 @@ def run_benchmark(
     warmup_steps: int = 5,
     window_steps: int = 15,
     rounds: int = 5,
-    with_compile: bool = True,
+    options: Optional[list[str]] = None,
 ) -> dict:
     """Measure every variant in interleaved windows; give back the numbers (see the module docstring)."""
     torch_device = resolve_device(device)
-    specs = {"plain": None, "vae_lab": [], "vae_lab, options off": OPTIONS_OFF}
-    for name, override in OPTIONS.items():
-        if name != "compile" or with_compile:
-            specs[f"options off + {name}"] = [*OPTIONS_OFF, override]
+    specs = variant_specs(list(OPTIONS) if options is None else options)
     variants = {
         name: Variant(
             name,
@@ -376,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-steps", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
+    parser.add_argument(
+        "--options",
+        help=f"measure only these options on their own, comma-separated ({', '.join(OPTIONS)}); '' for none",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument(
         "--profile", type=int, metavar="STEPS", help="instead: profile STEPS steps of the default path"
@@ -407,7 +427,11 @@ def main(argv: list[str] | None = None) -> int:
             args.warmup_steps,
             args.window_steps,
             args.rounds,
-            with_compile=not args.no_compile,
+            options=[
+                name
+                for name in (OPTIONS if args.options is None else filter(None, args.options.split(",")))
+                if not (args.no_compile and name == "compile")
+            ],
         )
     except (BenchError, VaeLabError) as error:
         print(f"python -m vae_lab.bench: {error}", file=sys.stderr)
