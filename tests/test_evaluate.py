@@ -168,13 +168,21 @@ def test_the_classifier_command_trains_once_then_reuses_its_cache(tmp_path):
     ]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "training the digit classifier" in first.stdout and "test accuracy" in first.stdout
+    assert (
+        "training the sample metrics' classifier (10 classes: 0, 1, 2" in first.stdout
+        and "test accuracy" in first.stdout
+    )
     cached = list((root / "classifiers").glob("digit_classifier-*.pt"))
     assert len(cached) == 1
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert "training the digit classifier" not in second.stdout and str(cached[0]) in second.stdout
+    assert (
+        "training the sample metrics' classifier (10 classes: 0, 1, 2" not in second.stdout
+        and str(cached[0]) in second.stdout
+    )
     changed = subprocess.run(
         [*command, "evaluation.classifier.epochs=2"], capture_output=True, text=True, timeout=300
     )
-    assert "training the digit classifier" in changed.stdout  # other settings, other checksum
+    assert (
+        "training the sample metrics' classifier (10 classes: 0, 1, 2" in changed.stdout
+    )  # other settings, other checksum
     assert len(list((root / "classifiers").glob("digit_classifier-*.pt"))) == 2

@@ -148,7 +148,8 @@ def load_or_train(data: ImageData, data_root: str, settings: DictConfig | dict, 
         state = torch.load(path, map_location="cpu", weights_only=True)
         classifier.load_state_dict(state["model"])
         return classifier.to(data.train_images.device).eval(), state["test_accuracy"], path
-    log.info(f"training the digit classifier for sample metrics ({settings}); cached at {path}")
+    classes = f"{len(data.class_names)} classes: {', '.join(data.class_names[:10])}"
+    log.info(f"training the sample metrics' classifier ({classes}; {settings}); cached at {path}")
     classifier, test_accuracy = train_classifier(data, progress=progress, **settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(
@@ -157,7 +158,7 @@ def load_or_train(data: ImageData, data_root: str, settings: DictConfig | dict, 
             {"model": classifier.state_dict(), "test_accuracy": test_accuracy, "settings": settings}, tmp
         ),
     )
-    log.info(f"digit classifier test accuracy {test_accuracy:.4f}")
+    log.info(f"classifier test accuracy {test_accuracy:.4f}")
     return classifier.eval(), test_accuracy, path
 
 
@@ -177,9 +178,7 @@ def main(cfg: DictConfig) -> None:
     except VaeLabError as error:
         log.error(str(error))
         raise SystemExit(1) from None
-    log.info(
-        f"digit classifier: test accuracy {test_accuracy:.4f} ({len(data.test_images)} test images), {path}"
-    )
+    log.info(f"classifier: test accuracy {test_accuracy:.4f} ({len(data.test_images)} test images), {path}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
-from vae_lab.runs import flatten
+from vae_lab.runs import flatten, is_finite_number
 
 log = logging.getLogger("vae_lab")
 
@@ -123,12 +123,8 @@ def flatten_numbers(tree: dict[str, Any] | None, prefix: str = "") -> Iterator[t
     None (not applicable), strings and booleans are left out.
     """
     for name, value in flatten(tree or {}, sep="/", lists=True).items():
-        if _is_number(value):
+        if is_finite_number(value):
             yield prefix + name, float(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 def epoch_numbers(record: dict[str, Any]) -> dict[str, float]:
@@ -248,7 +244,7 @@ class TensorBoardLogger(NoLogger):
         from torch.utils.tensorboard.summary import hparams
 
         flat = flatten(summary)
-        shown = [key for key in self.hparams_metrics if _is_number(flat.get(key))]
+        shown = [key for key in self.hparams_metrics if is_finite_number(flat.get(key))]
         metrics = {key.replace(".", "/"): flat[key] for key in shown}
         for proto in hparams(dict(self.context.hparams), metrics):  # experiment, session start, session end
             self.writer.file_writer.add_summary(proto)

@@ -2,6 +2,7 @@
 to read one back (the checkpoint's own format: vae_lab/checkpoint.py)."""
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -83,6 +84,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for an int or float that is not a bool, NaN or infinite: a number a summary can report."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def flatten(tree: Any, sep: str = ".", lists: bool = False, prefix: str = "") -> dict[str, Any]:

@@ -9,7 +9,6 @@ it is one job from config to summary.json; the loop itself is vae_lab/loop.py.
 
 import difflib
 import logging
-import math
 import os
 import sys
 import time
@@ -40,7 +39,15 @@ from vae_lab.launchers import (
 from vae_lab.loggers import run_context
 from vae_lab.loop import FitSettings, TrainingDiverged, TrainStep, fit, format_parts
 from vae_lab.memory import hand_back_freed_memory
-from vae_lab.runs import CHECKPOINT_FILE, SUMMARY_FILE, flatten, read_summary, unwritable, write_json
+from vae_lab.runs import (
+    CHECKPOINT_FILE,
+    SUMMARY_FILE,
+    flatten,
+    is_finite_number,
+    read_summary,
+    unwritable,
+    write_json,
+)
 from vae_lab.stopping import RunInterrupted, StopSignals, watch_launcher
 
 log = logging.getLogger("vae_lab")
@@ -250,9 +257,9 @@ def objective_value(key: Optional[str], summary: dict[str, Any]) -> Optional[flo
         return None
     flat = flatten(summary)
     value = flat.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    if is_finite_number(value):
         return float(value)
-    numbers = [name for name, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers = [name for name, v in flat.items() if is_finite_number(v)]
     close = difflib.get_close_matches(key, numbers, n=3)
     hint = f"; the closest keys it has: {', '.join(close)}" if close else ""
     log.error(f"objective={key}: this run's summary has no number there (it has {value!r}){hint}")
