@@ -34,12 +34,20 @@ def faults_per_step(setting: str) -> tuple[str, float]:
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_keep_freed_memory_stops_the_page_faults_of_each_step():
-    took, kept = faults_per_step("keep")
-    default_took, default = faults_per_step("default")
-    assert took == "True" and default_took == "None"
     pages_per_step = 8 * 3_000_000 * 4 / 4096
-    assert default > 0.5 * pages_per_step  # by default, glibc hands the memory back and faults it in again
-    assert kept < 0.01 * pages_per_step
+    took, kept = faults_per_step("keep")
+    assert took == "True" and kept < 0.01 * pages_per_step
+    # By default glibc hands the freed memory back and faults it in again, but not in every process: in
+    # about a quarter of them here (23 of 88 runs of this script, with or without address-space
+    # randomisation) the default keeps it too, from a heap state at start-up that this test does not
+    # control. So the default is run until one process shows the faults the setting stops, eight at
+    # the most (all eight without them: a chance of about 2e-5 at that rate).
+    for _ in range(8):
+        default_took, default = faults_per_step("default")
+        assert default_took == "None"
+        if default > 0.5 * pages_per_step:
+            break
+    assert default > 0.5 * pages_per_step
 
 
 HAND_BACK = """
