@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -81,3 +82,33 @@ def test_a_damaged_official_archive_is_refused_by_its_checksum(mnist_root, tmp_p
     expected = r"t10k-labels-idx1-ubyte.gz \(md5 [0-9a-f]{32}.*expected md5 ec29112d"  # torchvision's sum
     with pytest.raises(DataError, match=expected):
         load_mnist(str(root), download=False)
+
+
+def test_a_loader_waits_while_another_process_unpacks_the_archives(tmp_path):
+    from vae_lab.data import unpacking_lock
+
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        shutil.copy(SHARED_MNIST / f"{name}.gz", raw)
+    # torchvision unpacks in place: a sweep's job or a bench variant that read meanwhile read half a file
+    script = (
+        "from vae_lab.data import load_mnist; print('loading', flush=True); "
+        f"print(len(load_mnist({str(tmp_path / 'data')!r}).train_images))"
+    )
+    with unpacking_lock(raw):  # this process is unpacking
+        process = subprocess.Popen([python(), "-c", script], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline() == "loading\n"
+        time.sleep(2)  # loading takes well under a second here
+        assert process.poll() is None  # waiting for the lock
+    assert process.communicate(timeout=120)[0].strip() == "60000" and process.returncode == 0
+
+
+def test_a_file_left_partly_unpacked_is_unpacked_again_from_its_archive(mnist_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(mnist_root, root)
+    load_mnist(str(root))  # unpacks the archives, if no test before did
+    unpacked = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    unpacked.write_bytes(unpacked.read_bytes()[:4000])  # as a process killed while unpacking it leaves it
+    assert len(load_mnist(str(root), download=True).test_labels) == 10000
+    assert unpacked.stat().st_size == 10008

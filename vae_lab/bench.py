@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from vae_lab import plain_vae
-from vae_lab.build import build
+from vae_lab.build import build, instantiate_node
 from vae_lab.config import register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import VaeLabError
@@ -55,6 +55,9 @@ OPTIONS = {
     "compile": "trainer.compile=true",
     "bf16 autocast": "trainer.precision=bf16",
 }
+# an option within this fraction of the options-off speed is within the bench's noise: its windows
+# drift by about this much on a shared machine
+NOISE = 0.1
 REPLY = "@bench "  # marks the worker's answers on its stdout
 
 
@@ -229,7 +232,7 @@ def profile_default_path(data_root: str, device: str, steps: int, batch_size: in
     from torch.profiler import ProfilerActivity, profile
 
     torch_device = resolve_device(device)
-    data = instantiate(compose_config([f"data.root={data_root}"]).data).to(torch_device)
+    data = instantiate_node(compose_config([f"data.root={data_root}"]).data, "data").to(torch_device)
     trainer = LabTrainer([], data, batch_size, torch_device)
     trainer.steps(5)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch_device.type == "cuda" else [])
@@ -276,6 +279,9 @@ def run_benchmark(
     """Measure every variant in interleaved windows; give back the numbers (see the module docstring)."""
     torch_device = resolve_device(device)
     specs = variant_specs(list(OPTIONS) if options is None else options)
+    # unpack MNIST here, once: the plain loop's torchvision would otherwise read a file that a variant
+    # started beside it is still unpacking (a fresh clone's first bench)
+    instantiate_node(compose_config([f"data.root={data_root}"]).data, "data")
     variants = {
         name: Variant(
             name,
@@ -380,9 +386,6 @@ def option_verdicts(variants: dict) -> list[str]:
     return lines
 
 
-NOISE = 0.1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vae_lab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data")
@@ -417,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
             print(profile_default_path(args.data_root, args.device, args.profile, args.batch_size))
         except VaeLabError as error:
             print(f"python -m vae_lab.bench: {error}", file=sys.stderr)
+            return 1
+        except Exception as error:  # e.g. no MNIST under --data-root: one line, as a variant's worker says it
+            print(
+                f"python -m vae_lab.bench: {type(error).__name__}: {' '.join(str(error).split())}",
+                file=sys.stderr,
+            )
             return 1
         return 0
     try:

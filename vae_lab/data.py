@@ -1,11 +1,14 @@
 """Data sets as uint8 tensors, kept whole on the training device, and batch iteration over them."""
 
+import fcntl
 import hashlib
 import logging
 import os
 import pickle
+import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -112,10 +115,13 @@ def _load_idx_dataset(
     raw = root_path / name / "raw"
     verify_archives(raw, dataset_class.resources, hint)
     try:
-        train = dataset_class(str(root_path), train=True, download=download)
-        test = dataset_class(str(root_path), train=False, download=download)
+        with unpacking_lock(raw if download else None):  # jobs of a sweep unpack one at a time
+            if download:
+                drop_partly_unpacked(raw)
+            train = dataset_class(str(root_path), train=True, download=download)
+            test = dataset_class(str(root_path), train=False, download=download)
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError or a parse error
-        found = sorted(p.name for p in raw.iterdir()) if raw.is_dir() else []
+        found = sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) if raw.is_dir() else []
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(
             f"{name} could not be read from {raw} (found: {found or 'nothing'}): {reason}. "
@@ -135,6 +141,53 @@ def _load_idx_dataset(
         class_names=class_names,
         dynamic_binarization=binarize == "dynamic",
     )
+
+
+@contextmanager
+def unpacking_lock(raw: Optional[Path]):
+    """Hold an exclusive lock on raw/ while torchvision unpacks its archives there.
+
+    torchvision writes each unpacked file in place: without the lock, a second process (a sweep's job,
+    a bench variant) that starts meanwhile finds the file and reads it half-written. No lock (a
+    read-only folder, or raw=None) lets the caller go on without one.
+    """
+    handle = None
+    if raw is not None:
+        try:
+            raw.mkdir(parents=True, exist_ok=True)
+            handle = open(raw / ".unpacking.lock", "a")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # closing releases the lock
+
+
+def drop_partly_unpacked(raw: Path) -> None:
+    """Delete each unpacked IDX file in raw/ shorter or longer than its own header says, when its .gz
+    is beside it: a process killed while unpacking left it so, and torchvision unpacks it again."""
+    for path in sorted(raw.glob("*-ubyte")):
+        if (raw / f"{path.name}.gz").is_file() and not idx_file_is_whole(path):
+            log.warning("%s is not whole (a process stopped while unpacking it?): unpacking it again", path)
+            path.unlink()
+
+
+def idx_file_is_whole(path: Path) -> bool:
+    """Whether an IDX file of uint8 values (MNIST's format) holds exactly the bytes its header names."""
+    with open(path, "rb") as file:
+        magic = file.read(4)
+        if len(magic) < 4 or magic[:3] != b"\x00\x00\x08":
+            return False
+        dims = file.read(4 * magic[3])
+    if len(dims) < 4 * magic[3]:
+        return False
+    count = 1
+    for (size,) in struct.iter_unpack(">i", dims):
+        count *= size
+    return path.stat().st_size == 4 + len(dims) + count
 
 
 def verify_archives(raw: Path, resources: list[tuple[str, str]], hint: str) -> None:
