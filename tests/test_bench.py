@@ -210,6 +210,15 @@ def test_the_bench_profiles_the_default_path_by_operator_and_shape(fake_mnist_ro
         [python(), "-m", "vae_lab.bench", "--profile", "0"], capture_output=True, text=True, timeout=120
     )
     assert refused.returncode == 1 and "Traceback" not in refused.stderr and "--profile 0" in refused.stderr
+    no_data = subprocess.run(
+        [python(), "-m", "vae_lab.bench", "--profile", "2", "--data-root", str(fake_mnist_root / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert no_data.returncode == 1 and "Traceback" not in no_data.stderr
+    assert no_data.stderr.startswith("python -m vae_lab.bench: MNIST could not be read from ")
+    assert len(no_data.stderr.strip().splitlines()) == 1
 
 
 def test_a_variant_that_cannot_be_built_stops_the_benchmark_with_its_reason(fake_mnist_root):

@@ -1,10 +1,11 @@
 import gzip
 import shutil
+import subprocess
 
 import pytest
 import torch
 
-from tests.conftest import fake_digits, write_fake_mnist
+from tests.conftest import fake_digits, python, write_fake_mnist
 from vae_lab.data import in_order, load_mnist, shuffled_batches, to_float
 from vae_lab.errors import DataError
 
@@ -92,3 +93,14 @@ def test_dynamic_binarisation_draws_training_pixels_afresh_and_fixes_the_test_sp
     draws = torch.stack([data.train_batch(indices) for _ in range(200)]).mean(0)
     assert torch.allclose(draws, grey.train_batch(indices), atol=0.15)  # E[Bernoulli(x)] = x
     assert torch.equal(grey.train_batch(indices), to_float(grey.train_images))
+
+
+def test_unpacked_files_are_read_without_importing_torchvision(fake_mnist_root):
+    # importing torchvision costs seconds (it pulls in torch._dynamo): every run and test process paid it
+    script = (
+        "import sys, vae_lab.train; from vae_lab.data import load_mnist; "
+        f"data = load_mnist({str(fake_mnist_root)!r}); "
+        "print(len(data.train_images), 'torchvision' in sys.modules, 'scipy' in sys.modules)"
+    )
+    result = subprocess.run([python(), "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["256", "False", "False"], result.stderr[-2000:]

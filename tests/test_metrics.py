@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,3 +153,12 @@ def test_iwae_is_exact_when_the_decoder_ignores_z_and_q_is_the_prior():
     log_px = _exact_log_px(model, images).mean().item()
     for bound in bounds.values():
         assert bound == pytest.approx(log_px, abs=1e-4)
+
+
+def test_the_manifold_grid_is_the_articles_normal_quantiles():
+    from scipy.stats import norm
+
+    from vae_lab.inference import manifold_values
+
+    expected = norm.ppf(np.linspace(0.01, 0.99, 15))  # the article's grid
+    assert np.allclose(manifold_values(15), expected, rtol=0, atol=1e-12)

@@ -3,6 +3,7 @@
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import pickle
 import struct
@@ -15,10 +16,6 @@ from typing import Optional
 
 import torch
 from PIL import Image
-from torchvision import datasets
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.datasets.utils import calculate_md5
-from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
 from vae_lab.errors import DataError, RunFolderError
@@ -82,7 +79,7 @@ def binarize_once(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
 def load_mnist(
     root: str = "data", limit: Optional[int] = None, download: bool = True, binarize: str = "none"
 ) -> ImageData:
-    """Give back MNIST through torchvision, downloading it into `root` when it is missing.
+    """Give back MNIST, downloaded and unpacked into `root` by torchvision where it is missing.
 
     binarize="dynamic" (the binarised-MNIST literature's variant): training pixels are drawn from
     Bernoulli(x) afresh at every batch, and the test split is binarised once with a fixed seed.
@@ -92,35 +89,71 @@ def load_mnist(
         "(`make data` copies ../shared/data/MNIST/raw/*.gz)"
     )
     return _load_idx_dataset(
-        datasets.MNIST, [str(digit) for digit in range(10)], root, limit, download, binarize, hint
+        "MNIST",
+        lambda: torchvision_datasets().MNIST,
+        [str(d) for d in range(10)],
+        root,
+        limit,
+        download,
+        binarize,
+        hint,
     )
 
 
 def load_fashion_mnist(
     root: str = "data", limit: Optional[int] = None, download: bool = True, binarize: str = "none"
 ) -> ImageData:
-    """Give back Fashion-MNIST (Xiao et al. 2017) through torchvision: the MNIST pipeline, clothes' names."""
+    """Give back Fashion-MNIST (Xiao et al. 2017): the MNIST pipeline, clothes' names."""
     hint = "Download them from https://github.com/zalandoresearch/fashion-mnist (data/fashion/), copy them in"
+    dataset_class = torchvision_datasets().FashionMNIST
     return _load_idx_dataset(
-        datasets.FashionMNIST, list(datasets.FashionMNIST.classes), root, limit, download, binarize, hint
+        "FashionMNIST",
+        lambda: dataset_class,
+        list(dataset_class.classes),
+        root,
+        limit,
+        download,
+        binarize,
+        hint,
     )
 
 
+def torchvision_datasets():
+    """Give back torchvision.datasets, imported only where a loader needs it: importing torchvision takes
+    2.5 s here (it pulls in torch._dynamo), and a run on unpacked MNIST files never needs it."""
+    from torchvision import datasets
+
+    return datasets
+
+
 def _load_idx_dataset(
-    dataset_class, class_names: list[str], root: str, limit, download: bool, binarize: str, hint: str
+    name: str,
+    dataset_class: Callable,
+    class_names: list[str],
+    root: str,
+    limit,
+    download: bool,
+    binarize: str,
+    hint: str,
 ) -> ImageData:
-    """Give back an MNIST-format data set (four IDX files under <root>/<name>/raw/) as ImageData."""
-    root_path = resolve_root(root)
-    name = dataset_class.__name__
-    raw = root_path / name / "raw"
-    verify_archives(raw, dataset_class.resources, hint)
+    """Give back an MNIST-format data set (four IDX files under <root>/<name>/raw/) as ImageData.
+
+    torchvision's dataset class (given by `dataset_class()`) downloads the archives, checks their md5
+    sums and unpacks them where the unpacked files are missing; vae_lab reads the unpacked files.
+    """
+    raw = resolve_root(root) / name / "raw"
+    if any((raw / f"{file}.gz").is_file() for file in MNIST_FILES):
+        verify_archives(raw, dataset_class().resources, hint)
     try:
         with unpacking_lock(raw if download else None):  # jobs of a sweep unpack one at a time
             if download:
                 drop_partly_unpacked(raw)
-            train = dataset_class(str(root_path), train=True, download=download)
-            test = dataset_class(str(root_path), train=False, download=download)
-    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError or a parse error
+                if not all((raw / file).is_file() for file in MNIST_FILES):
+                    dataset_class()(str(raw.parent.parent), train=True, download=True)  # all four files
+            train_images, train_labels, test_images, test_labels = (
+                read_idx(raw / file) for file in MNIST_FILES
+            )
+    except Exception as error:  # torchvision raises RuntimeError, URLError or OSError; read_idx a ValueError
         found = sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) if raw.is_dir() else []
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(
@@ -129,23 +162,52 @@ def _load_idx_dataset(
             f"(or unpacked, without .gz). {hint}, or point data.root or the "
             f"VAE_LAB_DATA environment variable at a folder holding {name}/raw/."
         ) from error
-    train_images, train_labels = train.data, train.targets
     if limit is not None:
         train_images, train_labels = train_images[:limit], train_labels[:limit]
-    test_images = test.data.unsqueeze(1).contiguous()  # (N, 28, 28) -> (N, 1, 28, 28)
+    test_images = test_images.unsqueeze(1).contiguous()  # (N, 28, 28) -> (N, 1, 28, 28)
     return ImageData(
         train_images=train_images.unsqueeze(1).contiguous(),
         train_labels=train_labels.long(),
         test_images=binarize_once(test_images) if binarize == "dynamic" else test_images,
-        test_labels=test.targets.long(),
+        test_labels=test_labels.long(),
         class_names=class_names,
         dynamic_binarization=binarize == "dynamic",
     )
 
 
+def read_idx(path: Path) -> torch.Tensor:
+    """Give back an IDX file of uint8 values (MNIST's format: a magic number, the sizes, the values) as a
+    uint8 tensor of the shape its header names; ValueError where the file is not whole."""
+    if not path.is_file():
+        raise ValueError(f"{path.name} is missing")
+    content = path.read_bytes()
+    header = _idx_header(content[: 4 + 4 * 255])
+    if header is None:
+        raise ValueError(
+            f"{path.name} is not an IDX file of bytes (it starts {content[:4].hex() or 'empty'})"
+        )
+    shape, offset = header
+    expected = offset + math.prod(shape)
+    if len(content) != expected:
+        raise ValueError(
+            f"{path.name} holds {len(content):,} bytes; its header, sizes {list(shape)}, needs {expected:,}"
+        )
+    return torch.frombuffer(bytearray(content), dtype=torch.uint8, offset=offset).view(shape)
+
+
+def _idx_header(start: bytes) -> Optional[tuple[tuple[int, ...], int]]:
+    """Give back (sizes, header length) from the first bytes of an IDX file of uint8 values, or None."""
+    if len(start) < 4 or start[:3] != b"\x00\x00\x08":
+        return None
+    dims = start[3]
+    if len(start) < 4 + 4 * dims:
+        return None
+    return struct.unpack(f">{dims}i", start[4 : 4 + 4 * dims]), 4 + 4 * dims
+
+
 @contextmanager
 def unpacking_lock(raw: Optional[Path]):
-    """Hold an exclusive lock on raw/ while torchvision unpacks its archives there.
+    """Hold an exclusive lock on raw/ while torchvision unpacks its archives there and they are read.
 
     torchvision writes each unpacked file in place: without the lock, a second process (a sweep's job,
     a bench variant) that starts meanwhile finds the file and reads it half-written. No lock (a
@@ -178,16 +240,17 @@ def drop_partly_unpacked(raw: Path) -> None:
 def idx_file_is_whole(path: Path) -> bool:
     """Whether an IDX file of uint8 values (MNIST's format) holds exactly the bytes its header names."""
     with open(path, "rb") as file:
-        magic = file.read(4)
-        if len(magic) < 4 or magic[:3] != b"\x00\x00\x08":
-            return False
-        dims = file.read(4 * magic[3])
-    if len(dims) < 4 * magic[3]:
-        return False
-    count = 1
-    for (size,) in struct.iter_unpack(">i", dims):
-        count *= size
-    return path.stat().st_size == 4 + len(dims) + count
+        header = _idx_header(file.read(4 + 4 * 255))
+    return header is not None and path.stat().st_size == header[1] + math.prod(header[0])
+
+
+def file_md5(path: Path) -> str:
+    """Give back the md5 sum of a file, as `md5sum` prints it."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def verify_archives(raw: Path, resources: list[tuple[str, str]], hint: str) -> None:
@@ -199,7 +262,7 @@ def verify_archives(raw: Path, resources: list[tuple[str, str]], hint: str) -> N
     damaged = []
     for url, md5 in resources:
         path = raw / url.rpartition("/")[2]
-        if path.is_file() and (actual := calculate_md5(str(path))) != md5:
+        if path.is_file() and (actual := file_md5(path)) != md5:
             damaged.append(f"{path.name} (md5 {actual}, {path.stat().st_size:,} bytes; expected md5 {md5})")
     if damaged:
         raise DataError(
@@ -238,6 +301,7 @@ def load_celeba(
     Training uses the official train partition (its first `limit` faces present), every test number
     the official test partition.
     """
+    datasets = torchvision_datasets()
     root_path = resolve_root(root)
     folder = root_path / datasets.CelebA.base_folder
     if download and not all((folder / name).exists() for name in (*CELEBA_NEEDED, CELEBA_IMAGES)):
@@ -277,12 +341,12 @@ def load_celeba(
 def check_celeba_files(folder: Path) -> None:
     """Raise DataError, listing every file with its state, unless the image folder and the attribute
     and partition files are there, each text file with its official md5."""
-    official = {name: md5 for _, md5, name in datasets.CelebA.file_list}
+    official = {name: md5 for _, md5, name in torchvision_datasets().CelebA.file_list}
     problems = [f"{name} is missing" for name in CELEBA_NEEDED if not (folder / name).is_file()]
     problems += [
         f"{name}'s md5 differs from the official {official[name]}"
         for name in CELEBA_NEEDED
-        if (folder / name).is_file() and calculate_md5(str(folder / name)) != official[name]
+        if (folder / name).is_file() and file_md5(folder / name) != official[name]
     ]
     if not (folder / CELEBA_IMAGES).is_dir():
         problems.append(f"the image folder {CELEBA_IMAGES}/ is missing")
@@ -352,7 +416,7 @@ def celeba_missing_message(folder: Path, error: Exception | str) -> str:
         f"the data in place by hand, download from {CELEBA_PAGE} (Google Drive or Baidu links: Img/, "
         f"Anno/, Eval/) these files into {folder}/:",
     ]
-    for _, md5, name in datasets.CelebA.file_list:
+    for _, md5, name in torchvision_datasets().CelebA.file_list:
         path = folder / name
         role = "needed" if name in CELEBA_NEEDED or name.endswith(".zip") else "optional"
         if name.endswith(".zip"):
@@ -362,7 +426,7 @@ def celeba_missing_message(folder: Path, error: Exception | str) -> str:
             continue
         if not path.is_file():
             state = "  <- missing"
-        elif calculate_md5(str(path)) != md5:
+        elif file_md5(path) != md5:
             state = "  <- present, but its md5 differs (truncated, or another mirror's version)"
         else:
             state = "  <- ok"
@@ -381,6 +445,8 @@ def _read_celeba_partition(path: Path) -> dict[str, int]:
 
 
 def _celeba_face(crop_size: int, image_size: int) -> Callable:
+    from torchvision.transforms.v2 import functional as F
+
     def prepare(image):
         image = F.center_crop(image.convert("RGB"), [crop_size, crop_size])
         return F.resize(image, [image_size, image_size], antialias=True)
@@ -415,8 +481,12 @@ def load_image_folder(
     folder = Path(path).expanduser().resolve()
     if channels not in IMAGE_FOLDER_CHANNELS:
         raise DataError(f"data.channels={channels} is not allowed: it must be 1 (grey) or 3 (RGB).")
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     try:
-        found = datasets.ImageFolder(str(folder), loader=lambda file: file)  # paths only, nothing decoded
+        found = torchvision_datasets().ImageFolder(
+            str(folder), loader=lambda file: file
+        )  # paths only, nothing decoded
     except (FileNotFoundError, OSError) as error:
         raise DataError(
             f"data.path={path!r}: no images found in the ImageFolder layout ({error}). It needs one "
@@ -456,6 +526,8 @@ def _test_indices(labels: torch.Tensor, share: float) -> torch.Tensor:
 
 
 def _square(image_size: int, mode: str) -> Callable:
+    from torchvision.transforms.v2 import functional as F
+
     def prepare(image):
         image = F.resize(image.convert(mode), image_size, antialias=True)  # the shorter side
         return F.center_crop(image, [image_size, image_size])
@@ -465,6 +537,8 @@ def _square(image_size: int, mode: str) -> Callable:
 
 def decode_images(files: list[Path], prepare: Callable, channels: int, image_size: int) -> torch.Tensor:
     """Give back the image files opened, passed through `prepare` (PIL -> PIL), as uint8 (N, C, H, W)."""
+    from torchvision.transforms.v2 import functional as F
+
     images = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8)
 
     def load(file: Path) -> torch.Tensor:
