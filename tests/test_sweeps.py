@@ -359,7 +359,9 @@ def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_into_its_
     assert len(below) >= 2  # the two loky workers at least
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
-    time.sleep(30)
+    gone_by = time.monotonic() + 30  # a dead process stays dead: none alive by then is none alive then
+    while any(_alive(pid) for pid in below) and time.monotonic() < gone_by:
+        time.sleep(0.5)
     assert [pid for pid in below if _alive(pid)] == []
     for job in job_dirs(sweep_dir):
         assert json.loads((job / "summary.json").read_text())["status"] == "interrupted"
