@@ -29,7 +29,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
-from vae_lab import plain_vae
 from vae_lab.build import build, instantiate_node
 from vae_lab.config import register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
@@ -104,6 +103,9 @@ def serve_variant(spec: dict) -> None:
     device = resolve_device(spec["device"])
     try:
         if spec["overrides"] is None:
+            # imported here: its torchvision import (as the classic examples have it) costs seconds
+            from vae_lab import plain_vae
+
             trainer = plain_vae.PlainTrainer(spec["data_root"], spec["batch_size"], str(device))
         else:
             data = instantiate(compose_config([f"data.root={spec['data_root']}"]).data).to(device)
@@ -307,6 +309,8 @@ def run_benchmark(
     finally:
         for variant in variants.values():
             variant.close()
+    from vae_lab import plain_vae
+
     flops = flops_per_image(plain_vae, batch_size, torch_device)
     peak = matmul_peak_gflops(torch_device)
     results = {}
