@@ -36,7 +36,7 @@ class StepResult:
 def step_commands(device: str, quick: bool, out: Path) -> dict[str, tuple[list[str], dict]]:
     """Give back {step: (command, extra environment)}: what each step of the check runs."""
     python = sys.executable
-    tests = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    tests = [python, "-m", "pytest", "-p", "no:cacheprovider"]  # -q is in addopts: a second hides the summary
     tests += ["tests/test_on_device.py"] if quick else []
     bench = [python, "-m", "vae_lab.bench", "--device", device, "--json", str(out / "bench.json")]
     bench += ["--rounds", "1", "--window-steps", "3", "--warmup-steps", "1", "--no-compile"] if quick else []
