@@ -142,10 +142,10 @@ def _load_idx_dataset(
     sums and unpacks them where the unpacked files are missing; vae_lab reads the unpacked files.
     """
     raw = resolve_root(root) / name / "raw"
-    if any((raw / f"{file}.gz").is_file() for file in MNIST_FILES):
-        verify_archives(raw, dataset_class().resources, hint)
-    try:
-        with unpacking_lock(raw if download else None):  # jobs of a sweep unpack one at a time
+    with unpacking_lock(raw if download else None):  # jobs of a sweep unpack one at a time
+        if any((raw / f"{file}.gz").is_file() for file in MNIST_FILES):
+            verify_archives(raw, dataset_class().resources, hint)
+        try:
             if download:
                 drop_partly_unpacked(raw)
                 if not all((raw / file).is_file() for file in MNIST_FILES):
@@ -153,15 +153,19 @@ def _load_idx_dataset(
             train_images, train_labels, test_images, test_labels = (
                 read_idx(raw / file) for file in MNIST_FILES
             )
-    except Exception as error:  # torchvision raises RuntimeError, URLError or OSError; read_idx a ValueError
-        found = sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) if raw.is_dir() else []
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(
-            f"{name} could not be read from {raw} (found: {found or 'nothing'}): {reason}. "
-            f"It needs the four official files {', '.join(f + '.gz' for f in MNIST_FILES)} there "
-            f"(or unpacked, without .gz). {hint}, or point data.root or the "
-            f"VAE_LAB_DATA environment variable at a folder holding {name}/raw/."
-        ) from error
+        except (
+            Exception
+        ) as error:  # torchvision raises RuntimeError, URLError or OSError; read_idx ValueError
+            found = (
+                sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) if raw.is_dir() else []
+            )
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DataError(
+                f"{name} could not be read from {raw} (found: {found or 'nothing'}): {reason}. "
+                f"It needs the four official files {', '.join(f + '.gz' for f in MNIST_FILES)} there "
+                f"(or unpacked, without .gz). {hint}, or point data.root or the "
+                f"VAE_LAB_DATA environment variable at a folder holding {name}/raw/."
+            ) from error
     if limit is not None:
         train_images, train_labels = train_images[:limit], train_labels[:limit]
     test_images = test_images.unsqueeze(1).contiguous()  # (N, 28, 28) -> (N, 1, 28, 28)
@@ -186,8 +190,7 @@ def read_idx(path: Path) -> torch.Tensor:
         raise ValueError(
             f"{path.name} is not an IDX file of bytes (it starts {content[:4].hex() or 'empty'})"
         )
-    shape, offset = header
-    expected = offset + math.prod(shape)
+    shape, offset, expected = header
     if len(content) != expected:
         raise ValueError(
             f"{path.name} holds {len(content):,} bytes; its header, sizes {list(shape)}, needs {expected:,}"
@@ -195,14 +198,16 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(content), dtype=torch.uint8, offset=offset).view(shape)
 
 
-def _idx_header(start: bytes) -> Optional[tuple[tuple[int, ...], int]]:
-    """Give back (sizes, header length) from the first bytes of an IDX file of uint8 values, or None."""
+def _idx_header(start: bytes) -> Optional[tuple[tuple[int, ...], int, int]]:
+    """Give back (sizes, header length, whole file's length) from the first bytes of an IDX file of
+    uint8 values, or None."""
     if len(start) < 4 or start[:3] != b"\x00\x00\x08":
         return None
     dims = start[3]
     if len(start) < 4 + 4 * dims:
         return None
-    return struct.unpack(f">{dims}i", start[4 : 4 + 4 * dims]), 4 + 4 * dims
+    sizes = struct.unpack(f">{dims}i", start[4 : 4 + 4 * dims])
+    return sizes, 4 + 4 * dims, 4 + 4 * dims + math.prod(sizes)
 
 
 @contextmanager
@@ -241,7 +246,7 @@ def idx_file_is_whole(path: Path) -> bool:
     """Whether an IDX file of uint8 values (MNIST's format) holds exactly the bytes its header names."""
     with open(path, "rb") as file:
         header = _idx_header(file.read(4 + 4 * 255))
-    return header is not None and path.stat().st_size == header[1] + math.prod(header[0])
+    return header is not None and path.stat().st_size == header[2]
 
 
 def file_md5(path: Path) -> str:
@@ -484,9 +489,8 @@ def load_image_folder(
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     try:
-        found = torchvision_datasets().ImageFolder(
-            str(folder), loader=lambda file: file
-        )  # paths only, nothing decoded
+        # paths only, nothing decoded
+        found = torchvision_datasets().ImageFolder(str(folder), loader=lambda file: file)
     except (FileNotFoundError, OSError) as error:
         raise DataError(
             f"data.path={path!r}: no images found in the ImageFolder layout ({error}). It needs one "
