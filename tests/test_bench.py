@@ -1,6 +1,7 @@
 """The benchmark's own code on tiny sizes, and each speed option against the default path."""
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -200,12 +201,18 @@ def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_pat
     assert "bf16 autocast: " in result.stdout and "x the options-off path" in result.stdout
 
 
-def test_the_bench_profiles_the_default_path_by_operator_and_shape(fake_mnist_root):
+def test_the_bench_profiles_the_default_path_by_operator_beside_the_unprofiled_step(fake_mnist_root):
     from vae_lab.bench import profile_default_path
 
     table = profile_default_path(str(fake_mnist_root), "cpu", steps=2, batch_size=8)
-    assert table.startswith("2 training steps of vae_lab's default path, batch 8, cpu")
-    assert "aten::convolution_backward" in table and "[8, 32, 28, 28]" in table  # the first block's output
+    header = table.splitlines()[0]
+    assert re.fullmatch(
+        r"2 training steps of vae_lab's default path, batch 8, cpu: "
+        r"\d+\.\d ms a step unprofiled, \d+\.\d ms profiled",
+        header,
+    ), header
+    assert "aten::convolution_backward" in table and "aten::native_batch_norm_backward" in table
+    assert "Input Shapes" not in table  # recording shapes slows the big element-wise operators several times
     refused = subprocess.run(
         [python(), "-m", "vae_lab.bench", "--profile", "0"], capture_output=True, text=True, timeout=120
     )
