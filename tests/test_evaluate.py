@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -172,6 +173,8 @@ def test_the_classifier_command_trains_once_then_reuses_its_cache(tmp_path):
         "training the sample metrics' classifier (10 classes: 0, 1, 2" in first.stdout
         and "test accuracy" in first.stdout
     )
+    # without progress bars, each epoch still says it is done
+    assert re.search(r"classifier epoch 1/1: training loss \d+\.\d{4}, \d+ s", first.stdout), first.stdout
     cached = list((root / "classifiers").glob("digit_classifier-*.pt"))
     assert len(cached) == 1
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)

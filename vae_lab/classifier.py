@@ -11,6 +11,7 @@ training images, and reused by every run's evaluation.
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import hydra
@@ -101,8 +102,9 @@ def train_classifier(
     progress: bool = True,
 ):
     """Give back a classifier trained on the training split (random shifts, cosine learning rate),
-    and its test accuracy. Its steps keep their freed memory, as training's do (vae_lab/memory.py),
-    and hand it back at the end."""
+    and its test accuracy. Each epoch ends with a log line (its mean loss and seconds), so that a
+    run without progress bars shows how far it is. Its steps keep their freed memory, as training's
+    do (vae_lab/memory.py), and hand it back at the end."""
     memory.keep_freed_memory()
     torch.manual_seed(seed)
     classifier = DigitClassifier(data.image_shape[0], data.image_shape[1], len(data.class_names))
@@ -113,6 +115,8 @@ def train_classifier(
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(1, epochs + 1):
         classifier.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=data.train_images.device)  # on the device: no sync per step
         batches = shuffled_batches(len(data.train_images), batch_size, generator, data.train_images.device)
         for indices in tqdm(
             list(batches),
@@ -126,6 +130,12 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
+            loss_sum += loss.detach() * len(indices)
+        mean_loss = loss_sum.item() / len(data.train_images)
+        log.info(
+            f"classifier epoch {epoch}/{epochs}: training loss {mean_loss:.4f}, "
+            f"{time.perf_counter() - started:.0f} s"
+        )
     memory.hand_back_freed_memory()
     return classifier, accuracy(classifier, data.test_images, data.test_labels)
 
