@@ -235,7 +235,7 @@ def profile_default_path(data_root: str, device: str, steps: int, batch_size: in
     Input shapes are not recorded. The profiler's own records make the process page-fault fresh memory
     in at every step (on a 2-core machine: about 7,700 faults a step without shapes, 15,000 with them,
     none unprofiled), which lands on the operators that write big outputs; with shapes, one profile
-    there read a ReLU gradient at 12.5 ms a call that takes 0.4 ms unprofiled. The header gives the
+    there read a ReLU gradient at 12.5 ms a call that takes 0.3 to 1.1 ms unprofiled. The header gives the
     step's time both ways, so how far the profile strays is on show.
     """
 
