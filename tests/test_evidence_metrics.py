@@ -205,6 +205,19 @@ def test_the_hole_estimates_are_deterministic_given_the_generator():
     assert first == second
 
 
+def test_two_posteriors_or_codes_give_a_zero_spread_bandwidth_not_nan(recwarn):
+    # the smallest split: one held-out posterior (or code), whose spread is 0, not std's NaN with a warning
+    mean, log_var = posteriors("narrow", 2, 3, generator(17))
+    holes = metrics.aggregate_posterior_holes(mean, log_var, 200, 200, generator=generator(18))
+    assert holes["bandwidth"] == [0.0, 0.0, 0.0]
+    kde = metrics.gaussian_kde_holes(torch.randn(2, 3, generator=generator(19)), generator=generator(20))
+    assert kde["bandwidth"] == pytest.approx([1e-6] * 3)  # a dimension that does not vary, as documented
+    for result in (holes, kde):
+        assert all(math.isfinite(result[key]) for key in ("hole_mass", "kl_q_p"))
+    assert math.isfinite(holes["kl_q_p_se"]) and math.isnan(kde["kl_q_p_se"])  # the KDE's half A: one code
+    assert not [w for w in recwarn if "degrees of freedom" in str(w.message)]
+
+
 @pytest.mark.parametrize("dims", [2, 16])
 def test_kde_codes_drawn_from_the_reference_have_no_holes(dims):
     codes = torch.randn(4000, dims, generator=generator(15))
