@@ -238,7 +238,6 @@ def profile_default_path(data_root: str, device: str, steps: int, batch_size: in
     there read a ReLU gradient at 12.5 ms a call that takes 0.3 to 1.1 ms unprofiled. The header gives the
     step's time both ways, so how far the profile strays is on show.
     """
-
     from torch.profiler import ProfilerActivity, profile
 
     torch_device = resolve_device(device)
