@@ -189,3 +189,23 @@ def test_the_classifier_command_trains_once_then_reuses_its_cache(tmp_path):
         "training the sample metrics' classifier (10 classes: 0, 1, 2" in changed.stdout
     )  # other settings, other checksum
     assert len(list((root / "classifiers").glob("digit_classifier-*.pt"))) == 2
+
+
+def test_the_classifier_trains_and_loads_in_channels_last_with_the_same_answers(tmp_path, fake_mnist_root):
+    import copy
+
+    from vae_lab.classifier import classify, load_or_train
+    from vae_lab.data import load_mnist
+
+    data = load_mnist(str(fake_mnist_root), download=False)
+    settings = {"epochs": 1, "batch_size": 64, "lr": 1e-3, "seed": 0}
+    trained, _, path = load_or_train(data, str(tmp_path / "data"), settings, progress=False)
+    loaded, _, cached = load_or_train(data, str(tmp_path / "data"), settings, progress=False)
+    assert cached == path and path.exists()
+    for classifier in (trained, loaded):
+        assert classifier.body[4].weight.is_contiguous(memory_format=torch.channels_last)  # 32 -> 64
+    contiguous = copy.deepcopy(loaded).to(memory_format=torch.contiguous_format)
+    assert not contiguous.body[4].weight.is_contiguous(memory_format=torch.channels_last)
+    answers = zip(classify(loaded, data.test_images), classify(contiguous, data.test_images), strict=True)
+    for ours, plain in answers:  # probabilities, then features
+        torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-5)
