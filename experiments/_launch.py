@@ -1,6 +1,7 @@
 """Run the Hydra app with a study's fixed overrides first; command-line overrides follow and win."""
 
 import importlib.util
+import logging
 import sys
 
 import torch
@@ -28,10 +29,21 @@ def train_the_classifier_once(arguments: list[str]) -> None:
         cfg = compose(config_name="config", overrides=overrides)
     if not cfg.evaluation.enabled:
         return
+    # Hydra has not set up logging yet: without this, its minutes of training would pass in silence
+    # when progress bars are off or the output is not a terminal (each epoch logs a line)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logger = logging.getLogger("vae_lab")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         load_or_train_for_config(cfg)
     except VaeLabError as error:
         raise SystemExit(str(error)) from None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def launch(*overrides: str) -> None:

@@ -375,3 +375,16 @@ def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_into_its_
     )
     # epochs differ from the checkpoint's only in how far to go: the jobs resume, or find themselves done
     assert restarted.returncode == 0, restarted.stderr[-3000:]
+
+
+def test_the_ablation_script_says_how_its_classifier_training_goes_before_the_jobs_start(fake_mnist_root):
+    # experiments/ablation.py trains the classifier before Hydra sets up logging: its lines still show
+    script = (
+        "import sys; sys.path.insert(0, 'experiments'); from _launch import train_the_classifier_once; "
+        f"train_the_classifier_once(['data.root={fake_mnist_root}', 'evaluation.classifier.epochs=1'])"
+    )
+    result = subprocess.run([python(), "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[vae_lab.classifier][INFO] - training the sample metrics' classifier" in result.stderr
+    assert "[vae_lab.classifier][INFO] - classifier epoch 1/1: training loss" in result.stderr
+    assert list((fake_mnist_root / "classifiers").glob("digit_classifier-*.pt"))
