@@ -15,10 +15,11 @@ from vae_lab.train import CONF_DIR, main
 def all_jobs_at_once_on_cpu(jobs: int) -> list[str]:
     """Give back the launcher overrides of the faster way to run a sweep's jobs on this CPU: all at
     once, one thread each (docs/sweeps.md, Launchers), where the joblib plugin is installed and no
-    GPU is seen."""
+    GPU is seen. Their progress bars would share one terminal line, so each job logs a line per
+    quarter epoch instead (`trainer.progress=true` on the command line brings the bars back)."""
     if torch.cuda.is_available() or importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
         return []
-    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "trainer.progress=false"]
 
 
 def train_the_classifier_once(arguments: list[str]) -> None:

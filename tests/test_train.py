@@ -205,3 +205,27 @@ def test_logger_tensorboard_writes_events_beside_the_run_files(tmp_path, fake_mn
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     assert "test/total" in events.Tags()["scalars"] and "samples" in events.Tags()["images"]
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_an_epoch_off_a_terminal_logs_a_line_at_each_quarter(progress, fake_mnist_root, caplog, capsys):
+    """progress=false, or output that is not a terminal (as under pytest): no bar, a line per quarter."""
+    import logging
+    import re
+
+    from vae_lab.bench import compose_config
+    from vae_lab.build import build
+    from vae_lab.loop import TrainStep, train_epoch
+
+    cfg = compose_config([f"data.root={fake_mnist_root}"])
+    step = TrainStep.from_settings(*build(cfg, torch.device("cpu")), cfg.trainer)
+    data = load_mnist(str(fake_mnist_root), download=False)  # 256 images: 8 batches of 32
+    with caplog.at_level(logging.INFO, logger="vae_lab"):
+        train_epoch(step, data, 32, torch.Generator().manual_seed(0), progress=progress, desc="epoch 2/3")
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch 2/3")]
+    assert [re.sub(r", \d+ s$", "", line) for line in lines] == [
+        "epoch 2/3: step 2/8",
+        "epoch 2/3: step 4/8",
+        "epoch 2/3: step 6/8",
+    ], lines
+    assert "epoch 2/3" not in capsys.readouterr().err  # no bar drawn into a file

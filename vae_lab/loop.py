@@ -131,9 +131,17 @@ def train_epoch(
     }
     started = time.perf_counter()
     remaining = itertools.islice(batches, position.step, None)
+    # a bar on a terminal (disable=None: tqdm shows it only there); elsewhere (progress off, a log
+    # file, jobs that share one terminal) a log line at each quarter of the epoch
     bar = tqdm(
-        remaining, total=num_batches, initial=position.step, desc=desc, leave=False, disable=not progress
+        remaining,
+        total=num_batches,
+        initial=position.step,
+        desc=desc,
+        leave=False,
+        disable=None if progress else True,
     )
+    quarters = {num_batches * quarter // 4 for quarter in (1, 2, 3)} if bar.disable else set()
     for indices in bar:
         parts = step(data.train_batch(indices))
         if not torch.isfinite(parts.total):  # a sync per step, small beside the step itself
@@ -146,6 +154,9 @@ def train_epoch(
         for name, value in zip(PARTS, (parts.total.detach(), parts.recon.detach(), kl), strict=True):
             sums[name] += value * len(indices)
         position.step += 1
+        if position.step in quarters:
+            seconds = position.train_s + time.perf_counter() - started
+            log.info(f"{desc or 'epoch'}: step {position.step}/{num_batches}, {seconds:.0f} s")
         if stop is not None and stop.requested and position.step < num_batches:
             break
     position.sums = [sums[name].item() for name in PARTS]
