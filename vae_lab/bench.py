@@ -98,6 +98,18 @@ class LabTrainer:
         return images
 
 
+def timed_steps(trainer, count: int, device: torch.device) -> tuple[int, float]:
+    """Take `count` training steps of a trainer (LabTrainer or the plain loop's); give back the images
+    they took and their seconds, the GPU's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    images = trainer.steps(count)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return images, time.perf_counter() - start
+
+
 def serve_variant(spec: dict) -> None:
     """The worker: build one variant, then answer the parent's `steps N` and `memory` lines on stdout."""
     device = resolve_device(spec["device"])
@@ -120,13 +132,8 @@ def serve_variant(spec: dict) -> None:
     for line in sys.stdin:
         command, _, argument = line.strip().partition(" ")
         if command == "steps":
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            images = trainer.steps(int(argument))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            reply({"images": images, "seconds": time.perf_counter() - start})
+            images, seconds = timed_steps(trainer, int(argument), device)
+            reply({"images": images, "seconds": seconds})
         elif command == "memory":
             reply({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
@@ -244,26 +251,17 @@ def profile_default_path(data_root: str, device: str, steps: int, batch_size: in
     data = instantiate_node(compose_config([f"data.root={data_root}"]).data, "data").to(torch_device)
     trainer = LabTrainer([], data, batch_size, torch_device)
     trainer.steps(5)
-
-    def seconds_per_step() -> float:
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        trainer.steps(steps)
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / steps
-
-    unprofiled = seconds_per_step()
+    _, unprofiled = timed_steps(trainer, steps, torch_device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch_device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
-        profiled = seconds_per_step()
+        _, profiled = timed_steps(trainer, steps, torch_device)
     table = profiler.key_averages().table(
         sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40
     )
     return (
         f"{steps} training steps of vae_lab's default path, batch {batch_size}, {torch_device}: "
-        f"{unprofiled * 1000:.1f} ms a step unprofiled, {profiled * 1000:.1f} ms profiled\n{table}"
+        f"{unprofiled / steps * 1000:.1f} ms a step unprofiled, "
+        f"{profiled / steps * 1000:.1f} ms profiled\n{table}"
     )
 
 
