@@ -128,23 +128,34 @@ def test_the_bench_says_which_options_are_faster_and_which_slower_here():
         "options off + bf16 autocast": 64.0,
         "options off + fast dropout": 136.0,
     }
-    rows |= {"options off + fused Adam": 101.0, "plain": 90.0, "vae_lab": 200.0}
+    rows |= {
+        "options off + fused Adam": 101.0,
+        "plain": 90.0,
+        "vae_lab": 200.0,
+        "vae_lab without fused blocks": 160.0,
+    }
     lines = option_verdicts({name: {"images_per_s": speed} for name, speed in rows.items()})
     assert lines == [
         "bf16 autocast: 0.64x the options-off path, slower here: leave it off on this CPU",
         "fast dropout: 1.36x the options-off path, faster here",
         "fused Adam: 1.01x the options-off path, within the bench's noise (±10%) on its own",
+        "fused blocks: 1.25x the default path without it, faster here",
     ]
 
 
 def test_the_bench_measures_every_option_on_its_own_unless_told_which():
-    from vae_lab.bench import OPTIONS, OPTIONS_OFF, BenchError, variant_specs
+    from vae_lab.bench import ALL_OPTIONS, OPTIONS, OPTIONS_OFF, WITHOUT, BenchError, variant_specs
 
-    specs = variant_specs(list(OPTIONS))
+    specs = variant_specs(ALL_OPTIONS)
     assert list(specs)[:3] == ["plain", "vae_lab", "vae_lab, options off"]
     assert specs["plain"] is None and specs["vae_lab"] == [] and specs["vae_lab, options off"] == OPTIONS_OFF
-    assert {f"options off + {name}" for name in OPTIONS} == set(list(specs)[3:])
+    assert {f"options off + {name}" for name in OPTIONS} | {
+        f"vae_lab without {name}" for name in WITHOUT
+    } == set(list(specs)[3:])
     assert specs["options off + bf16 autocast"] == [*OPTIONS_OFF, "trainer.precision=bf16"]
+    assert specs["vae_lab without fused blocks"] == [
+        "model.encoder.fused_blocks=false"
+    ]  # the default, less it
     assert len(OPTIONS) == 7 and "compile" in OPTIONS
     with pytest.raises(BenchError, match="--options bf17: not a speed option; choose from channels_last"):
         variant_specs(["bf17"])
@@ -168,7 +179,7 @@ def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_pat
             "--batch-size",
             "16",
             "--options",
-            "bf16 autocast,fast dropout",  # the machinery on five variants; variant_specs has all of them
+            "bf16 autocast,fused blocks",  # the machinery on five variants; variant_specs has all of them
             "--json",
             str(report_path),
         ],
@@ -183,7 +194,7 @@ def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_pat
         "vae_lab",
         "vae_lab, options off",
         "options off + bf16 autocast",
-        "options off + fast dropout",
+        "vae_lab without fused blocks",
     ]
     for row in report["variants"].values():
         assert len(row["windows_images_per_s"]) == 2 and row["images_per_s"] > 0
@@ -199,6 +210,7 @@ def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_pat
     assert "| vae_lab |" in result.stdout and "x plain" in result.stdout
     assert f"CPU: {report['cpu']}" in result.stdout and "AVX512-BF16" in report["cpu"]
     assert "bf16 autocast: " in result.stdout and "x the options-off path" in result.stdout
+    assert "fused blocks: " in result.stdout and "x the default path without it" in result.stdout
 
 
 def test_the_bench_profiles_the_default_path_by_operator_beside_the_unprofiled_step(fake_mnist_root):
@@ -211,7 +223,9 @@ def test_the_bench_profiles_the_default_path_by_operator_beside_the_unprofiled_s
         r"\d+\.\d ms a step unprofiled, \d+\.\d ms profiled",
         header,
     ), header
-    assert "aten::convolution_backward" in table and "aten::native_batch_norm_backward" in table
+    assert (
+        "aten::convolution_backward" in table and "_ReluBatchNormDropoutBackward" in table
+    )  # the fused blocks
     assert "Input Shapes" not in table  # recording shapes slows the big element-wise operators several times
     refused = subprocess.run(
         [python(), "-m", "vae_lab.bench", "--profile", "0"], capture_output=True, text=True, timeout=120

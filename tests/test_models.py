@@ -56,8 +56,12 @@ def test_conv_encoder_matches_the_article():
     assert [c.stride[0] for c in convs] == [1, 2, 2, 1]
     assert all(c.kernel_size == (3, 3) for c in convs)
     assert encoder.feature_dim == 7 * 7 * 64
-    kinds = [type(m).__name__ for m in encoder.body][:4]
-    assert kinds == ["Conv2d", "ReLU", "BatchNorm2d", "FastDropout"]  # the article's Keras order
+    # the article's Keras order, as one layer (ReluBatchNormDropout) by default or as the separate layers
+    fused = encoder.body[2]
+    assert type(fused).__name__ == "ReluBatchNormDropout" and fused.dropout.p == 0.3
+    separate = ConvEncoder(batch_norm=True, dropout=0.3, fused_blocks=False)
+    kinds = [type(m).__name__ for m in separate.body][:4]
+    assert kinds == ["Conv2d", "ReLU", "BatchNorm2d", "FastDropout"]
     plain = ConvEncoder(batch_norm=True, dropout=0.3, fast_dropout=False)
     assert type(plain.body[3]) is torch.nn.Dropout and plain.body[3].p == 0.3
     decoder = ConvDecoder(2)
@@ -74,7 +78,8 @@ def test_in_place_relus_and_dropout_change_no_output_and_no_gradient():
     results = []
     for in_place in (True, False):
         torch.manual_seed(0)  # the same weights and the same dropout masks and noise
-        model = VAE(2, ConvEncoder(batch_norm=True, dropout=0.3), ConvDecoder(2)).train()
+        encoder = ConvEncoder(batch_norm=True, dropout=0.3, fused_blocks=False)  # the layers apart
+        model = VAE(2, encoder, ConvDecoder(2)).train()
         layers = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, FastDropout))]
         assert all(layer.inplace for layer in layers) and len(layers) == 12
         for layer in layers:

@@ -41,6 +41,7 @@ from vae_lab.train import CONF_DIR
 OPTIONS_OFF = [
     "trainer.channels_last=false",
     "model.encoder.fast_dropout=false",
+    "model.encoder.fused_blocks=false",
     "model.decoder.fast_transpose=false",
     "optimizer.fused=false",
     "trainer.keep_freed_memory=false",
@@ -54,6 +55,10 @@ OPTIONS = {
     "compile": "trainer.compile=true",
     "bf16 autocast": "trainer.precision=bf16",
 }
+# options that work only together with others (the fused blocks run on channels_last batches and
+# draw fast dropout's masks): measured as the default path against the default path without them
+WITHOUT = {"fused blocks": "model.encoder.fused_blocks=false"}
+ALL_OPTIONS = [*OPTIONS, *WITHOUT]
 # an option within this fraction of the options-off speed is within the bench's noise: its windows
 # drift by about this much on a shared machine
 NOISE = 0.1
@@ -267,11 +272,12 @@ def profile_default_path(data_root: str, device: str, steps: int, batch_size: in
 
 def variant_specs(options: list[str]) -> dict[str, Optional[list[str]]]:
     """Give back each variant's config overrides (None: the plain loop): plain, vae_lab's defaults, every
-    option off, and every option in `options` (names of OPTIONS) on its own."""
-    unknown = [name for name in options if name not in OPTIONS]
+    option off, every option in `options` of OPTIONS on its own, and the default path without each
+    option in `options` of WITHOUT."""
+    unknown = [name for name in options if name not in OPTIONS and name not in WITHOUT]
     if unknown:
         raise BenchError(
-            f"--options {','.join(unknown)}: not a speed option; choose from {', '.join(OPTIONS)}"
+            f"--options {','.join(unknown)}: not a speed option; choose from {', '.join(ALL_OPTIONS)}"
         )
     specs: dict[str, Optional[list[str]]] = {
         "plain": None,
@@ -279,7 +285,10 @@ def variant_specs(options: list[str]) -> dict[str, Optional[list[str]]]:
         "vae_lab, options off": OPTIONS_OFF,
     }
     for name in options:
-        specs[f"options off + {name}"] = [*OPTIONS_OFF, OPTIONS[name]]
+        if name in OPTIONS:
+            specs[f"options off + {name}"] = [*OPTIONS_OFF, OPTIONS[name]]
+        else:
+            specs[f"vae_lab without {name}"] = [WITHOUT[name]]
     return specs
 
 
@@ -299,7 +308,7 @@ def run_benchmark(
 ) -> dict:
     """Measure every variant in interleaved windows; give back the numbers (see the module docstring)."""
     torch_device = resolve_device(device)
-    specs = variant_specs(list(OPTIONS) if options is None else options)
+    specs = variant_specs(ALL_OPTIONS if options is None else options)
     # unpack MNIST here, once: the plain loop's torchvision would otherwise read a file that a variant
     # started beside it is still unpacking (a fresh clone's first bench)
     instantiate_node(compose_config([f"data.root={data_root}"]).data, "data")
@@ -387,7 +396,8 @@ def format_table(report: dict) -> str:
 
 
 def option_verdicts(variants: dict) -> list[str]:
-    """Give back one line per speed option: faster or slower than the options-off path on this machine.
+    """Give back one line per speed option: faster or slower on this machine than the options-off
+    path (an option of OPTIONS) or than the default path without it (an option of WITHOUT).
 
     An option slower here is not one to turn on here, whatever it does on other CPUs (docs/speed.md).
     Within NOISE of 1 the bench cannot tell: its windows drift by about that much on a shared machine.
@@ -396,16 +406,21 @@ def option_verdicts(variants: dict) -> list[str]:
     lines = []
     for name, row in variants.items():
         if name.startswith("options off + "):
-            ratio = row["images_per_s"] / off
-            if ratio >= 1 + NOISE:
-                verdict = "faster here"
-            elif ratio <= 1 - NOISE:
-                verdict = "slower here: leave it off on this CPU"
-            else:
-                verdict = f"within the bench's noise (±{NOISE:.0%}) on its own"
-            lines.append(
-                f"{name.removeprefix('options off + ')}: {ratio:.2f}x the options-off path, {verdict}"
-            )
+            option, ratio = name.removeprefix("options off + "), row["images_per_s"] / off
+            against = "the options-off path"
+        elif name.startswith("vae_lab without "):
+            option = name.removeprefix("vae_lab without ")
+            ratio = variants["vae_lab"]["images_per_s"] / row["images_per_s"]
+            against = "the default path without it"
+        else:
+            continue
+        if ratio >= 1 + NOISE:
+            verdict = "faster here"
+        elif ratio <= 1 - NOISE:
+            verdict = "slower here: leave it off on this CPU"
+        else:
+            verdict = f"within the bench's noise (±{NOISE:.0%}) on its own"
+        lines.append(f"{option}: {ratio:.2f}x {against}, {verdict}")
     return lines
 
 
@@ -420,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
     parser.add_argument(
         "--options",
-        help=f"measure only these options on their own, comma-separated ({', '.join(OPTIONS)}); '' for none",
+        help=f"measure only these options, comma-separated ({', '.join(ALL_OPTIONS)}); '' for none",
     )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument(
@@ -461,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rounds,
             options=[
                 name
-                for name in (OPTIONS if args.options is None else filter(None, args.options.split(",")))
+                for name in (ALL_OPTIONS if args.options is None else filter(None, args.options.split(",")))
                 if not (args.no_compile and name == "compile")
             ],
         )

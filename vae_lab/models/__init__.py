@@ -2,7 +2,7 @@
 
 from vae_lab.models.autoencoder import VAE, Autoencoder, ModelOutput, Posterior, reparameterise
 from vae_lab.models.conv import ConvDecoder, ConvEncoder
-from vae_lab.models.layers import FastConvTranspose2d, FastDropout
+from vae_lab.models.layers import FastConvTranspose2d, FastDropout, ReluBatchNormDropout
 from vae_lab.models.mlp import MLPDecoder, MLPEncoder
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "MLPEncoder",
     "ModelOutput",
     "Posterior",
+    "ReluBatchNormDropout",
     "reparameterise",
 ]

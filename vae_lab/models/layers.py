@@ -1,10 +1,21 @@
 """Layers that vae_lab makes faster than their torch.nn counterparts, with the same semantics."""
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vae_lab.models.native import fused_block_kernels
+
 _LEVELS = 2**16  # the mask is drawn from 16-bit random integers
+
+
+def dropout_words(numel: int, device: torch.device) -> torch.Tensor:
+    """Uniform 64-bit words from torch's generator, four 16-bit integers each: the integers of a
+    dropout mask over numel elements (`words.view(torch.int16)[:numel]`, in the tensor's memory order)."""
+    words = torch.empty(-(-numel // 4), dtype=torch.int64, device=device)
+    return words.random_(-(2**63), None)  # every bit uniform
 
 
 class FastDropout(nn.Module):
@@ -31,18 +42,17 @@ class FastDropout(nn.Module):
         if self.keep_levels == 0:
             raise ValueError(f"dropout probability must be below {1 - 1 / (2 * _LEVELS)}, got {p}")
         self.scale = _LEVELS / self.keep_levels  # 1 / P(kept)
+        self.threshold = self.keep_levels - _LEVELS // 2  # kept: a signed 16-bit integer below this
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()
-        words = torch.empty(-(-x.numel() // 4), dtype=torch.int64, device=x.device)
-        words.random_(-(2**63), None)  # every bit uniform
-        integers = words.view(torch.int16)[: x.numel()]  # uniform on [-2**15, 2**15)
+        integers = dropout_words(x.numel(), x.device).view(torch.int16)[: x.numel()]  # on [-2**15, 2**15)
         # 1.0 where kept (P = keep_levels / 2**16), written straight into x's dtype: no bool mask to convert
         mask = torch.empty_like(integers, dtype=x.dtype)
-        torch.lt(integers, self.keep_levels - _LEVELS // 2, out=mask)
+        torch.lt(integers, self.threshold, out=mask)
         mask = mask.mul_(self.scale).as_strided(x.shape, x.stride())  # in x's memory layout
         return x.mul_(mask) if self.inplace else x * mask
 
@@ -68,3 +78,104 @@ class FastConvTranspose2d(nn.ConvTranspose2d):
         if self.bias is None:
             return y
         return y.add_(self.bias.view(1, -1, 1, 1))  # in place: the convolution's backward does not need y
+
+
+class ReluBatchNormDropout(nn.BatchNorm2d):
+    """ReLU, then BatchNorm2d, then FastDropout(p): one encoder block's three layers as one.
+
+    In training on a CPU, with a channels_last float32 batch, the three run as C kernels
+    (vae_lab/models/fused_block.c) that read the convolution's output once for BatchNorm's
+    statistics and once more to write the block's output, and whose backward reads it twice and
+    writes one gradient: the three layers apart read and write such tensors about a dozen times a
+    step. Elsewhere (evaluation, a GPU, NCHW, bf16 autocast, or no C compiler) it runs the three
+    layers' own torch operations. Either way the parameters and buffers are nn.BatchNorm2d's, the
+    running statistics are updated as nn.BatchNorm2d updates them, and the dropout masks are
+    FastDropout's, drawn from torch's generator in the same order: the outputs and gradients of
+    ReLU -> BatchNorm2d -> FastDropout up to float rounding (the batch statistics are summed in
+    double here, so they are the more exact ones; tested).
+    """
+
+    def __init__(self, num_features: int, p: float, eps: float = 1e-5, momentum: Optional[float] = 0.1):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.dropout = FastDropout(p, inplace=True)  # after BatchNorm: in place
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        kernels = self._kernels_for(y)
+        if kernels is None:
+            return self.dropout(super().forward(torch.relu(y)))
+        if y.numel() == y.shape[1]:  # as nn.BatchNorm2d
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {y.shape}"
+            )
+        words = dropout_words(y.numel(), y.device)
+        out, mean, var = _ReluBatchNormDropout.apply(
+            y, self.weight, self.bias, words, self.eps, self.dropout.threshold, self.dropout.scale, kernels
+        )
+        with torch.no_grad():  # as nn.BatchNorm2d: the running variance is the unbiased one
+            self.num_batches_tracked.add_(1)
+            momentum = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()
+            count = y.numel() // y.shape[1]
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+            self.running_var.lerp_((var * count / max(count - 1, 1)).to(self.running_var.dtype), momentum)
+        return out
+
+    def _kernels_for(self, y: torch.Tensor):
+        """The C kernels where they apply to this batch, else None."""
+        if not (self.training and self.track_running_stats and self.affine and self.dropout.p > 0):
+            return None
+        if y.device.type != "cpu" or y.dtype != torch.float32 or y.dim() != 4:
+            return None
+        if not y.is_contiguous(memory_format=torch.channels_last) or y.numel() == 0:
+            return None
+        return fused_block_kernels()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ReLU before, dropout p={self.dropout.p} after"
+
+
+class _ReluBatchNormDropout(torch.autograd.Function):
+    """The kernels' forward and backward; y is (B, C, H, W) channels_last, so n = B*H*W rows of C."""
+
+    @staticmethod
+    def forward(ctx, y, weight, bias, words, eps, threshold, scale, kernels):
+        channels = y.shape[1]
+        rows, threads = y.numel() // channels, torch.get_num_threads()
+        shift = torch.relu(y[0, :, 0, 0]).contiguous()  # one row of the batch: centres the sums
+        sums = torch.empty(channels, dtype=torch.float64)
+        sums_sq = torch.empty(channels, dtype=torch.float64)
+        kernels.relu_shifted_sums(y, rows, channels, shift, sums, sums_sq, threads)
+        shifted_mean = sums / rows
+        var64 = (sums_sq / rows - shifted_mean.square()).clamp_(min=0)
+        mean = (shifted_mean + shift.double()).float()
+        invstd = (var64 + eps).rsqrt().float()
+        var = var64.float()
+        a = (weight.detach() * invstd).contiguous()
+        b = (bias.detach() - mean * a).contiguous()
+        out = torch.empty_like(y)
+        kernels.normalise_and_drop(y, words, out, rows, channels, a, b, threshold, scale, threads)
+        ctx.save_for_backward(y, words, weight, mean, invstd)
+        ctx.threshold, ctx.scale, ctx.kernels = threshold, scale, kernels
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        y, words, weight, mean, invstd = ctx.saved_tensors
+        channels = y.shape[1]
+        rows, threads = y.numel() // channels, torch.get_num_threads()
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        sum_g = torch.empty(channels, dtype=torch.float64)
+        sum_g_centred = torch.empty(channels, dtype=torch.float64)
+        ctx.kernels.backward_sums(
+            y, words, grad_out, rows, channels, mean, ctx.threshold, ctx.scale, sum_g, sum_g_centred, threads
+        )
+        mean_g = (sum_g / rows).float()
+        k = (sum_g_centred * invstd.double().square() / rows).float()
+        a = (weight.detach() * invstd).contiguous()
+        grad_y = torch.empty_like(y)
+        ctx.kernels.backward_input(
+            y, words, grad_out, grad_y, rows, channels, mean, mean_g, k, a, ctx.threshold, ctx.scale, threads
+        )
+        grad_weight = (sum_g_centred * invstd.double()).to(weight.dtype)
+        return grad_y, grad_weight, sum_g.to(weight.dtype), None, None, None, None, None

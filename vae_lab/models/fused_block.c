@@ -1,0 +1,109 @@
+/* ReLU, BatchNorm (training) and fast dropout of one encoder block, one pass over memory each way.
+
+   vae_lab/models/native.py compiles this file at first use and vae_lab/models/layers.py
+   (ReluBatchNormDropout) calls it. Every tensor is n rows of c channels: a channels_last (NHWC)
+   float32 batch, n = batch * height * width. y is the convolution's output before the ReLU; the
+   dropout integers r are the 16-bit integers that FastDropout draws, one per element in memory
+   order: an element is kept where its integer is below `threshold`, and then scaled by `scale`.
+   Per-channel sums are kept in float over blocks of BLOCK rows and added up in double.
+   Each function splits the rows over `threads` OpenMP threads (torch's own runtime, libgomp).
+*/
+#include <stdint.h>
+#include <stdlib.h>
+
+#define BLOCK 64
+
+static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
+
+/* Per-channel sums of (relu(y) - shift) and of its square: the batch's mean and variance without
+   the cancellation of E[v^2] - E[v]^2 when shift (one row of the batch) is near the mean. */
+void relu_shifted_sums(const float *y, int64_t n, int64_t c, const float *shift, double *sum,
+                       double *sum_sq, int threads) {
+    for (int64_t j = 0; j < c; j++) sum[j] = sum_sq[j] = 0.0;
+#pragma omp parallel num_threads(threads)
+    {
+        double *s = calloc(2 * c, sizeof(double)), *q = s + c;
+        float *fs = calloc(2 * c, sizeof(float)), *fq = fs + c;
+        int64_t rows = 0;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = y + i * c;
+            for (int64_t j = 0; j < c; j++) {
+                float v = relu(row[j]) - shift[j];
+                fs[j] += v;
+                fq[j] += v * v;
+            }
+            if (++rows == BLOCK) {
+                for (int64_t j = 0; j < c; j++) s[j] += fs[j], q[j] += fq[j], fs[j] = fq[j] = 0.0f;
+                rows = 0;
+            }
+        }
+        for (int64_t j = 0; j < c; j++) s[j] += fs[j], q[j] += fq[j];
+#pragma omp critical
+        for (int64_t j = 0; j < c; j++) sum[j] += s[j], sum_sq[j] += q[j];
+        free(s);
+        free(fs);
+    }
+}
+
+/* out = kept ? (relu(y) * a + b) * scale : 0, with a = weight / std and b = bias - mean * a. */
+void normalise_and_drop(const float *y, const int16_t *r, float *out, int64_t n, int64_t c, const float *a,
+                        const float *b, int threshold, float scale, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = y + i * c;
+        const int16_t *ri = r + i * c;
+        float *o = out + i * c;
+        for (int64_t j = 0; j < c; j++) o[j] = ri[j] < threshold ? (relu(row[j]) * a[j] + b[j]) * scale : 0.0f;
+    }
+}
+
+/* Per-channel sums of g and of g * (relu(y) - mean), g = kept ? grad_out * scale : 0 (the gradient
+   at BatchNorm's output): BatchNorm's bias and weight gradients, and what its input gradient needs. */
+void backward_sums(const float *y, const int16_t *r, const float *grad_out, int64_t n, int64_t c,
+                   const float *mean, int threshold, float scale, double *sum_g, double *sum_g_centred,
+                   int threads) {
+    for (int64_t j = 0; j < c; j++) sum_g[j] = sum_g_centred[j] = 0.0;
+#pragma omp parallel num_threads(threads)
+    {
+        double *s = calloc(2 * c, sizeof(double)), *q = s + c;
+        float *fs = calloc(2 * c, sizeof(float)), *fq = fs + c;
+        int64_t rows = 0;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = y + i * c, *go = grad_out + i * c;
+            const int16_t *ri = r + i * c;
+            for (int64_t j = 0; j < c; j++) {
+                float g = ri[j] < threshold ? go[j] * scale : 0.0f;
+                fs[j] += g;
+                fq[j] += g * (relu(row[j]) - mean[j]);
+            }
+            if (++rows == BLOCK) {
+                for (int64_t j = 0; j < c; j++) s[j] += fs[j], q[j] += fq[j], fs[j] = fq[j] = 0.0f;
+                rows = 0;
+            }
+        }
+        for (int64_t j = 0; j < c; j++) s[j] += fs[j], q[j] += fq[j];
+#pragma omp critical
+        for (int64_t j = 0; j < c; j++) sum_g[j] += s[j], sum_g_centred[j] += q[j];
+        free(s);
+        free(fs);
+    }
+}
+
+/* grad_y = y > 0 ? (g - mean_g - (y - mean) * k) * a : 0: BatchNorm's input gradient, with
+   mean_g = sum_g / n, k = sum_g_centred / (n * var + eps) and a = weight / std, through the ReLU. */
+void backward_input(const float *y, const int16_t *r, const float *grad_out, float *grad_y, int64_t n,
+                    int64_t c, const float *mean, const float *mean_g, const float *k, const float *a,
+                    int threshold, float scale, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = y + i * c, *go = grad_out + i * c;
+        const int16_t *ri = r + i * c;
+        float *gy = grad_y + i * c;
+        for (int64_t j = 0; j < c; j++) {
+            float g = ri[j] < threshold ? go[j] * scale : 0.0f;
+            gy[j] = row[j] > 0.0f ? (g - mean_g[j] - (row[j] - mean[j]) * k[j]) * a[j] : 0.0f;
+        }
+    }
+}
