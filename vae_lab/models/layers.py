@@ -6,26 +6,57 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae_lab.models.native import fused_block_kernels
+from vae_lab.models.native import cpu_kernels
 
 _LEVELS = 2**16  # the mask is drawn from 16-bit random integers
 
 
 def dropout_words(numel: int, device: torch.device) -> torch.Tensor:
-    """Uniform 64-bit words from torch's generator, four 16-bit integers each: the integers of a
-    dropout mask over numel elements (`words.view(torch.int16)[:numel]`, in the tensor's memory order)."""
-    words = torch.empty(-(-numel // 4), dtype=torch.int64, device=device)
-    return words.random_(-(2**63), None)  # every bit uniform
+    """Uniform 64-bit words, four 16-bit integers each: the integers of a dropout mask over numel
+    elements (`words.view(torch.int16)[:numel]`, in the tensor's memory order).
+
+    They are SplitMix64's outputs from a seed drawn from torch's CPU generator (so torch.manual_seed
+    and a checkpoint's random state fix them): each word is a function of its index, so on a CPU the
+    C kernel fills them on all threads at once, where torch's own generator draws one word after
+    another on one thread (the biggest cost of the step after the convolutions, docs/speed.md).
+    Without the kernels, and on a GPU, torch operations compute the same words.
+    """
+    count = -(-numel // 4)
+    seed = int(torch.empty((), dtype=torch.int64).random_())  # on [0, 2**63)
+    kernels = cpu_kernels() if device.type == "cpu" else None
+    if kernels is None:
+        return counter_words(seed, count, device)
+    words = torch.empty(count, dtype=torch.int64)
+    kernels.counter_words(words, count, seed, torch.get_num_threads())
+    return words
+
+
+# SplitMix64's increment and multipliers, as the signed 64-bit integers torch computes with
+_GAMMA, _MIX_1, _MIX_2 = (v - 2**64 for v in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def counter_words(seed: int, count: int, device: torch.device) -> torch.Tensor:
+    """SplitMix64's first `count` outputs from `seed` with torch operations: the words of the C kernel
+    counter_words (vae_lab/models/kernels.c), bit for bit (tested); int64 products wrap as uint64 ones."""
+
+    def shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:  # logical: torch's >> keeps the sign
+        return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+    z = torch.arange(1, count + 1, dtype=torch.int64, device=device).mul_(_GAMMA).add_(seed)
+    z = (z ^ shift_right(z, 30)).mul_(_MIX_1)
+    z = (z ^ shift_right(z, 27)).mul_(_MIX_2)
+    return z ^ shift_right(z, 31)
 
 
 class FastDropout(nn.Module):
-    """Dropout whose mask comes from 16-bit random integers, four from each 64-bit draw.
+    """Dropout whose mask comes from 16-bit random integers, four from each 64-bit word.
 
-    nn.Dropout draws one Bernoulli number per element (`bernoulli_`), the slowest part of the
-    article's VAE step on CPU; four elements per 64-bit draw need about a quarter of the random
-    numbers. Each element is kept with probability 1 - p rounded to a multiple of 2**-16 (so
-    within 2**-17 of 1 - p) and scaled by the inverse of that probability: the expectation is
-    unchanged, as with nn.Dropout. In eval mode it is the identity.
+    nn.Dropout draws one Bernoulli number per element (`bernoulli_`) from torch's generator, one after
+    another, the slowest part of the article's VAE step on CPU after the convolutions; here four
+    elements share a 64-bit word, and the words come from a counter-based generator that fills them
+    on all threads at once (dropout_words). Each element is kept with probability 1 - p rounded to a
+    multiple of 2**-16 (so within 2**-17 of 1 - p) and scaled by the inverse of that probability: the
+    expectation is unchanged, as with nn.Dropout. In eval mode it is the identity.
 
     inplace: multiply x itself by the mask (as nn.Dropout(inplace=True)), which saves writing a fresh
     tensor; only where the layer before does not keep its output for its backward (BatchNorm does
@@ -84,7 +115,7 @@ class ReluBatchNormDropout(nn.BatchNorm2d):
     """ReLU, then BatchNorm2d, then FastDropout(p): one encoder block's three layers as one.
 
     In training on a CPU, with a channels_last float32 batch, the three run as C kernels
-    (vae_lab/models/fused_block.c) that read the convolution's output once for BatchNorm's
+    (vae_lab/models/kernels.c) that read the convolution's output once for BatchNorm's
     statistics and once more to write the block's output, and whose backward reads it twice and
     writes one gradient: the three layers apart read and write such tensors about a dozen times a
     step. Elsewhere (evaluation, a GPU, NCHW, bf16 autocast, or no C compiler) it runs the three
@@ -92,7 +123,7 @@ class ReluBatchNormDropout(nn.BatchNorm2d):
     running statistics are updated as nn.BatchNorm2d updates them, and the dropout masks are
     FastDropout's, drawn from torch's generator in the same order: the outputs and gradients of
     ReLU -> BatchNorm2d -> FastDropout up to float rounding (the batch statistics are summed in
-    double here, so they are the more exact ones; tested).
+    double across blocks of rows: within 1e-4 of a float64 computation, tested).
     """
 
     def __init__(self, num_features: int, p: float, eps: float = 1e-5, momentum: Optional[float] = 0.1):
@@ -127,7 +158,7 @@ class ReluBatchNormDropout(nn.BatchNorm2d):
             return None
         if not y.is_contiguous(memory_format=torch.channels_last) or y.numel() == 0:
             return None
-        return fused_block_kernels()
+        return cpu_kernels()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, ReLU before, dropout p={self.dropout.p} after"

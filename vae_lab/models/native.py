@@ -1,10 +1,10 @@
-"""The C kernels of vae_lab/models/fused_block.c, compiled at first use and loaded with ctypes.
+"""The C kernels of vae_lab/models/kernels.c, compiled at first use and loaded with ctypes.
 
 The shared library is built once per machine with the system's C compiler (`$CC`, else `cc`) and
 kept in `$VAE_LAB_CACHE` (default `~/.cache/vae_lab`), named by a hash of the source, the compiler
 command and the CPU (it is compiled for this CPU with -march=native: a cluster's nodes of other
 CPUs build their own). Where it cannot be built (no compiler, no OpenMP, an unwritable cache),
-`fused_block_kernels()` logs why once and gives back None, and the layers that use it fall back to
+`cpu_kernels()` logs why once and gives back None, and the layers that use it fall back to
 torch's own operations: the same results, slower on CPU.
 """
 
@@ -23,19 +23,17 @@ from typing import Optional
 import torch
 
 log = logging.getLogger("vae_lab")
-FALLBACK = (
-    "the encoder's ReLU, BatchNorm and dropout run as separate torch operations (the same results, "
-    "slower on CPU; docs/speed.md)"
-)
+FALLBACK = "vae_lab's layers run as torch operations instead (the same results, slower on CPU; docs/speed.md)"
 
-SOURCE = Path(__file__).with_name("fused_block.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _P, _N, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-SIGNATURES = {  # argument types of each function in fused_block.c
+SIGNATURES = {  # argument types of each function in kernels.c
     "relu_shifted_sums": [_P, _N, _N, _P, _P, _P, _I],
     "normalise_and_drop": [_P, _P, _P, _N, _N, _P, _P, _I, _F, _I],
     "backward_sums": [_P, _P, _P, _N, _N, _P, _I, _F, _P, _P, _I],
     "backward_input": [_P, _P, _P, _P, _N, _N, _P, _P, _P, _P, _I, _F, _I],
+    "counter_words": [_P, _N, ctypes.c_uint64, _I],
 }
 
 
@@ -56,7 +54,7 @@ def _cpu_identity() -> str:
 def _library_path(compiler: str) -> Path:
     key = hashlib.sha256(SOURCE.read_bytes())
     key.update(" ".join([compiler, *FLAGS, _cpu_identity()]).encode())
-    return cache_dir() / f"fused_block-{key.hexdigest()[:16]}.so"
+    return cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
 
 
 def _build(compiler: str, target: Path) -> None:
@@ -75,7 +73,7 @@ def _build(compiler: str, target: Path) -> None:
 
 
 @functools.cache
-def fused_block_kernels() -> Optional[SimpleNamespace]:
+def cpu_kernels() -> Optional[SimpleNamespace]:
     """The compiled kernels, built on first call, as functions that take tensors (passed by address)
     and numbers; None (logged once) where they cannot be built."""
     compiler = os.environ.get("CC") or "cc"
@@ -85,11 +83,11 @@ def fused_block_kernels() -> Optional[SimpleNamespace]:
             if shutil.which(compiler) is None:
                 log.warning(f"no C compiler ({compiler!r}, from $CC or 'cc') found: {FALLBACK}")
                 return None
-            log.info(f"compiling vae_lab's fused encoder kernels into {path}")
+            log.info(f"compiling vae_lab's CPU kernels into {path}")
             _build(compiler, path)
         library = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as error:
-        log.warning(f"the fused encoder kernels could not be built or loaded ({error}): {FALLBACK}")
+        log.warning(f"vae_lab's CPU kernels could not be built or loaded ({error}): {FALLBACK}")
         return None
     kernels = {}
     for name, argtypes in SIGNATURES.items():

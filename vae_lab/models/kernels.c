@@ -1,4 +1,5 @@
-/* ReLU, BatchNorm (training) and fast dropout of one encoder block, one pass over memory each way.
+/* The CPU kernels of vae_lab's layers: fast dropout's random words (counter_words, at the end), and
+   ReLU, BatchNorm (training) and fast dropout of one encoder block, one pass over memory each way.
 
    vae_lab/models/native.py compiles this file at first use and vae_lab/models/layers.py
    (ReluBatchNormDropout) calls it. Every tensor is n rows of c channels: a channels_last (NHWC)
@@ -105,5 +106,19 @@ void backward_input(const float *y, const int16_t *r, const float *grad_out, flo
             float g = ri[j] < threshold ? go[j] * scale : 0.0f;
             gy[j] = row[j] > 0.0f ? (g - mean_g[j] - (row[j] - mean[j]) * k[j]) * a[j] : 0.0f;
         }
+    }
+}
+
+/* words[i] = SplitMix64's (i + 1)-th output from `seed`: uniform 64-bit words, each computed from its
+   index alone, so the threads fill their shares at once (torch's CPU generator draws one word after
+   another on one thread). vae_lab/models/layers.py (counter_words) computes the same words with
+   torch operations where this library is not at hand. */
+void counter_words(uint64_t *words, int64_t count, uint64_t seed, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < count; i++) {
+        uint64_t z = seed + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        words[i] = z ^ (z >> 31);
     }
 }
