@@ -66,3 +66,18 @@ def test_prior_samples_of_a_seed_are_the_same_on_the_device_as_on_the_cpu():
     on_cpu = model.sample(16, torch.Generator().manual_seed(3))
     on_device = model.to(DEVICE).sample(16, torch.Generator().manual_seed(3)).cpu()
     assert torch.allclose(on_cpu, on_device, atol=1e-4)
+
+
+def test_dropout_words_on_the_device_are_the_cpu_kernels_bits():
+    """On a GPU fast dropout's words come from torch operations, on a CPU from the C kernel (where it
+    builds): the same SplitMix64 words, so a seed gives the same masks on either."""
+    from vae_lab.models.layers import counter_words, dropout_words
+
+    torch.manual_seed(7)
+    on_device = dropout_words(4001, torch.device(DEVICE))
+    assert on_device.device.type == DEVICE.split(":")[0]
+    torch.manual_seed(7)
+    assert torch.equal(on_device.cpu(), dropout_words(4001, torch.device("cpu")))
+    assert torch.equal(
+        counter_words(3, 10, torch.device(DEVICE)).cpu(), counter_words(3, 10, torch.device("cpu"))
+    )
