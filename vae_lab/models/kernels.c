@@ -16,6 +16,36 @@
 
 static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
 
+/* One thread's two per-channel sums: in float over up to BLOCK rows, those added up in double. */
+typedef struct {
+    int64_t c, rows;
+    float *block;  /* 2c: the first sum's channels, then the second's */
+    double *total; /* 2c, likewise */
+} Sums;
+
+static Sums sums_start(int64_t c) {
+    Sums sums = {c, 0, calloc(2 * c, sizeof(float)), calloc(2 * c, sizeof(double))};
+    return sums;
+}
+
+static void sums_flush(Sums *sums) {
+    for (int64_t j = 0; j < 2 * sums->c; j++) sums->total[j] += sums->block[j], sums->block[j] = 0.0f;
+    sums->rows = 0;
+}
+
+static inline void sums_row_done(Sums *sums) {
+    if (++sums->rows == BLOCK) sums_flush(sums);
+}
+
+/* Add this thread's sums into first and second (c each), one thread at a time. */
+static void sums_finish(Sums *sums, double *first, double *second) {
+    sums_flush(sums);
+#pragma omp critical
+    for (int64_t j = 0; j < sums->c; j++) first[j] += sums->total[j], second[j] += sums->total[sums->c + j];
+    free(sums->block);
+    free(sums->total);
+}
+
 /* Per-channel sums of (relu(y) - shift) and of its square: the batch's mean and variance without
    the cancellation of E[v^2] - E[v]^2 when shift (one row of the batch) is near the mean. */
 void relu_shifted_sums(const float *y, int64_t n, int64_t c, const float *shift, double *sum,
@@ -23,27 +53,19 @@ void relu_shifted_sums(const float *y, int64_t n, int64_t c, const float *shift,
     for (int64_t j = 0; j < c; j++) sum[j] = sum_sq[j] = 0.0;
 #pragma omp parallel num_threads(threads)
     {
-        double *s = calloc(2 * c, sizeof(double)), *q = s + c;
-        float *fs = calloc(2 * c, sizeof(float)), *fq = fs + c;
-        int64_t rows = 0;
+        Sums sums = sums_start(c);
+        float *s = sums.block, *q = sums.block + c;
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; i++) {
             const float *row = y + i * c;
             for (int64_t j = 0; j < c; j++) {
                 float v = relu(row[j]) - shift[j];
-                fs[j] += v;
-                fq[j] += v * v;
+                s[j] += v;
+                q[j] += v * v;
             }
-            if (++rows == BLOCK) {
-                for (int64_t j = 0; j < c; j++) s[j] += fs[j], q[j] += fq[j], fs[j] = fq[j] = 0.0f;
-                rows = 0;
-            }
+            sums_row_done(&sums);
         }
-        for (int64_t j = 0; j < c; j++) s[j] += fs[j], q[j] += fq[j];
-#pragma omp critical
-        for (int64_t j = 0; j < c; j++) sum[j] += s[j], sum_sq[j] += q[j];
-        free(s);
-        free(fs);
+        sums_finish(&sums, sum, sum_sq);
     }
 }
 
@@ -67,28 +89,20 @@ void backward_sums(const float *y, const int16_t *r, const float *grad_out, int6
     for (int64_t j = 0; j < c; j++) sum_g[j] = sum_g_centred[j] = 0.0;
 #pragma omp parallel num_threads(threads)
     {
-        double *s = calloc(2 * c, sizeof(double)), *q = s + c;
-        float *fs = calloc(2 * c, sizeof(float)), *fq = fs + c;
-        int64_t rows = 0;
+        Sums sums = sums_start(c);
+        float *s = sums.block, *q = sums.block + c;
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; i++) {
             const float *row = y + i * c, *go = grad_out + i * c;
             const int16_t *ri = r + i * c;
             for (int64_t j = 0; j < c; j++) {
                 float g = ri[j] < threshold ? go[j] * scale : 0.0f;
-                fs[j] += g;
-                fq[j] += g * (relu(row[j]) - mean[j]);
+                s[j] += g;
+                q[j] += g * (relu(row[j]) - mean[j]);
             }
-            if (++rows == BLOCK) {
-                for (int64_t j = 0; j < c; j++) s[j] += fs[j], q[j] += fq[j], fs[j] = fq[j] = 0.0f;
-                rows = 0;
-            }
+            sums_row_done(&sums);
         }
-        for (int64_t j = 0; j < c; j++) s[j] += fs[j], q[j] += fq[j];
-#pragma omp critical
-        for (int64_t j = 0; j < c; j++) sum_g[j] += s[j], sum_g_centred[j] += q[j];
-        free(s);
-        free(fs);
+        sums_finish(&sums, sum_g, sum_g_centred);
     }
 }
 
