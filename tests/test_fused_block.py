@@ -245,3 +245,17 @@ def test_the_dropout_words_of_the_c_kernel_and_of_torch_operations_are_the_same_
     assert not torch.equal(dropout_words(40, torch.device("cpu")), first)  # and new at each call
     bits = torch.stack([(first >> shift) & 1 for shift in range(64)]).double()
     assert 0.35 < bits.mean().item() < 0.65
+
+
+@needs_compiler
+def test_a_nan_in_the_batch_reaches_the_output_as_through_the_layers_apart():
+    """The per-step NaN check sees a diverged encoder: the kernels' ReLU passes NaN on, as torch.relu."""
+    torch.manual_seed(0)
+    x, upstream = channels_last(4, 3, 5, 5), channels_last(4, 3, 5, 5)
+    x[1, 2, 3, 4] = float("nan")
+    fused, separate = fused_and_separate(3)
+    out_fused, grads_fused, _ = run(fused, x, upstream)
+    out_separate, grads_separate, _ = run(separate, x, upstream)
+    assert type(out_fused.grad_fn).__name__ == "_ReluBatchNormDropoutBackward"
+    assert torch.equal(out_fused.isnan(), out_separate.isnan()) and out_fused[:, 2].isnan().any()
+    assert not out_fused[:, :2].isnan().any()

@@ -26,7 +26,9 @@ log = logging.getLogger("vae_lab")
 FALLBACK = "vae_lab's layers run as torch operations instead (the same results, slower on CPU; docs/speed.md)"
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+# -fno-trapping-math: no floating-point traps are wanted, and without it gcc keeps the kernels'
+# comparisons as branches where the CPU lacks AVX-512 (a loop of branches, not of vectors)
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
 _P, _N, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 SIGNATURES = {  # argument types of each function in kernels.c
     "relu_shifted_sums": [_P, _N, _N, _P, _P, _P, _I],
