@@ -121,7 +121,7 @@ class ReluBatchNormDropout(nn.BatchNorm2d):
     step. Elsewhere (evaluation, a GPU, NCHW, bf16 autocast, or no C compiler) it runs the three
     layers' own torch operations. Either way the parameters and buffers are nn.BatchNorm2d's, the
     running statistics are updated as nn.BatchNorm2d updates them, and the dropout masks are
-    FastDropout's, drawn from torch's generator in the same order: the outputs and gradients of
+    FastDropout's, from a seed drawn from torch's generator at the same point: the outputs and gradients of
     ReLU -> BatchNorm2d -> FastDropout up to float rounding (the batch statistics are summed in
     double across blocks of rows: within 1e-4 of a float64 computation, tested).
     """
@@ -184,7 +184,7 @@ class _ReluBatchNormDropout(torch.autograd.Function):
         b = (bias.detach() - mean * a).contiguous()
         out = torch.empty_like(y)
         kernels.normalise_and_drop(y, words, out, rows, channels, a, b, threshold, scale, threads)
-        ctx.save_for_backward(y, words, weight, mean, invstd)
+        ctx.save_for_backward(y, words, a, mean, invstd)
         ctx.threshold, ctx.scale, ctx.kernels = threshold, scale, kernels
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
@@ -192,7 +192,7 @@ class _ReluBatchNormDropout(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_var):
-        y, words, weight, mean, invstd = ctx.saved_tensors
+        y, words, a, mean, invstd = ctx.saved_tensors
         channels = y.shape[1]
         rows, threads = y.numel() // channels, torch.get_num_threads()
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
@@ -203,10 +203,9 @@ class _ReluBatchNormDropout(torch.autograd.Function):
         )
         mean_g = (sum_g / rows).float()
         k = (sum_g_centred * invstd.double().square() / rows).float()
-        a = (weight.detach() * invstd).contiguous()
         grad_y = torch.empty_like(y)
         ctx.kernels.backward_input(
             y, words, grad_out, grad_y, rows, channels, mean, mean_g, k, a, ctx.threshold, ctx.scale, threads
         )
-        grad_weight = (sum_g_centred * invstd.double()).to(weight.dtype)
-        return grad_y, grad_weight, sum_g.to(weight.dtype), None, None, None, None, None
+        grad_weight = (sum_g_centred * invstd.double()).to(a.dtype)
+        return grad_y, grad_weight, sum_g.to(a.dtype), None, None, None, None, None

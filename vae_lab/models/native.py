@@ -22,6 +22,8 @@ from typing import Optional
 
 import torch
 
+from vae_lab.hardware import cpu_features
+
 log = logging.getLogger("vae_lab")
 FALLBACK = "vae_lab's layers run as torch operations instead (the same results, slower on CPU; docs/speed.md)"
 
@@ -43,19 +45,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VAE_LAB_CACHE") or Path.home() / ".cache" / "vae_lab")
 
 
-def _cpu_identity() -> str:
-    """The CPU's model name and flags (the library is compiled for them), or '' where unknown."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    wanted = ("model name", "flags")
-    return "\n".join(line for line in text.splitlines() if line.split(":")[0].strip() in wanted)[:4096]
-
-
 def _library_path(compiler: str) -> Path:
     key = hashlib.sha256(SOURCE.read_bytes())
-    key.update(" ".join([compiler, *FLAGS, _cpu_identity()]).encode())
+    cpu = cpu_features()  # the library is compiled for this CPU's name and flags
+    key.update(" ".join([compiler, *FLAGS, cpu.name, *sorted(cpu.flags or ())]).encode())
     return cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
 
 
