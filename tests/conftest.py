@@ -1,6 +1,8 @@
 """Shared fixtures: tiny data sets in their real on-disk formats (MNIST and Fashion-MNIST IDX files, a CelebA
-folder, an image folder of PNGs), written by the tests themselves."""
+folder, an image folder of PNGs), written by the tests themselves; the C kernels' build as on a new
+machine."""
 
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -72,6 +74,20 @@ FAST_EVALUATION = [
 
 def python() -> str:
     return sys.executable
+
+
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernels")
+
+
+@pytest.fixture
+def fresh_kernels(tmp_path, monkeypatch):
+    """The kernels' build as on a new machine: an empty cache, nothing loaded yet in this process."""
+    from vae_lab.models import native
+
+    monkeypatch.setenv("VAE_LAB_CACHE", str(tmp_path / "cache"))
+    native.cpu_kernels.cache_clear()
+    yield tmp_path / "cache"
+    native.cpu_kernels.cache_clear()
 
 
 def write_fake_fashion_mnist(root: Path, train_count: int = 256, test_count: int = 64) -> Path:

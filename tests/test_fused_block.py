@@ -2,14 +2,12 @@
 layers apart, and the kernels' build: cached per machine, and a fallback where they cannot be built."""
 
 import logging
-import shutil
 
 import pytest
 import torch
 
+from tests.conftest import needs_compiler
 from vae_lab.models import VAE, ConvDecoder, ConvEncoder, FastDropout, ReluBatchNormDropout, native
-
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernels")
 
 
 def separate_layers(channels: int, p: float = 0.3, momentum=0.1) -> torch.nn.Sequential:
@@ -152,15 +150,6 @@ def test_a_vae_with_fused_blocks_trains_as_one_with_the_separate_layers():
             losses[fused].append(loss.item())
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     assert losses[True][-1] < losses[True][0]
-
-
-@pytest.fixture
-def fresh_kernels(tmp_path, monkeypatch):
-    """The kernels' build as on a new machine: an empty cache, nothing loaded yet in this process."""
-    monkeypatch.setenv("VAE_LAB_CACHE", str(tmp_path / "cache"))
-    native.cpu_kernels.cache_clear()
-    yield tmp_path / "cache"
-    native.cpu_kernels.cache_clear()
 
 
 @needs_compiler

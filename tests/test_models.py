@@ -10,6 +10,7 @@ from vae_lab.models import (
     FastDropout,
     MLPDecoder,
     MLPEncoder,
+    OneChannelConvTranspose2d,
 )
 
 
@@ -68,8 +69,10 @@ def test_conv_encoder_matches_the_article():
     transposed = [m for m in decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [c.out_channels for c in transposed] == [64, 64, 32, 1]
     assert [c.stride[0] for c in transposed] == [1, 2, 2, 1]
-    assert all(type(c) is FastConvTranspose2d for c in transposed)
-    assert all(type(c) is torch.nn.ConvTranspose2d for c in ConvDecoder(2, fast_transpose=False).body[::2])
+    assert [type(c) for c in transposed] == [FastConvTranspose2d] * 3 + [OneChannelConvTranspose2d]
+    plain = ConvDecoder(2, fast_transpose=False, one_channel_kernel=False)
+    assert all(type(c) is torch.nn.ConvTranspose2d for c in plain.body[::2])
+    assert type(ConvDecoder(2, one_channel_kernel=False).body[-1]) is FastConvTranspose2d
 
 
 def test_in_place_relus_and_dropout_change_no_output_and_no_gradient():

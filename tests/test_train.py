@@ -156,6 +156,7 @@ def test_load_run_on_a_folder_that_is_not_a_run_says_so(tmp_path):
         "model.encoder.fast_dropout=false",
         "model.encoder.fused_blocks=false",
         "model.decoder.fast_transpose=false",
+        "model.decoder.one_channel_kernel=false",
         "optimizer.fused=true",
         "trainer.compile=true",
         "trainer.precision=bf16",

@@ -43,6 +43,7 @@ OPTIONS_OFF = [
     "model.encoder.fast_dropout=false",
     "model.encoder.fused_blocks=false",
     "model.decoder.fast_transpose=false",
+    "model.decoder.one_channel_kernel=false",
     "optimizer.fused=false",
     "trainer.keep_freed_memory=false",
 ]
@@ -56,8 +57,12 @@ OPTIONS = {
     "bf16 autocast": "trainer.precision=bf16",
 }
 # options that work only together with others (the fused blocks run on channels_last batches and
-# draw fast dropout's masks): measured as the default path against the default path without them
-WITHOUT = {"fused blocks": "model.encoder.fused_blocks=false"}
+# draw fast dropout's masks; the one-channel kernel runs on channels_last batches): measured as the
+# default path against the default path without them
+WITHOUT = {
+    "fused blocks": "model.encoder.fused_blocks=false",
+    "one-channel kernel": "model.decoder.one_channel_kernel=false",
+}
 ALL_OPTIONS = [*OPTIONS, *WITHOUT]
 # an option within this fraction of the options-off speed is within the bench's noise: its windows
 # drift by about this much on a shared machine

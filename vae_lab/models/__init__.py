@@ -2,7 +2,12 @@
 
 from vae_lab.models.autoencoder import VAE, Autoencoder, ModelOutput, Posterior, reparameterise
 from vae_lab.models.conv import ConvDecoder, ConvEncoder
-from vae_lab.models.layers import FastConvTranspose2d, FastDropout, ReluBatchNormDropout
+from vae_lab.models.layers import (
+    FastConvTranspose2d,
+    FastDropout,
+    OneChannelConvTranspose2d,
+    ReluBatchNormDropout,
+)
 from vae_lab.models.mlp import MLPDecoder, MLPEncoder
 
 __all__ = [
@@ -15,6 +20,7 @@ __all__ = [
     "MLPDecoder",
     "MLPEncoder",
     "ModelOutput",
+    "OneChannelConvTranspose2d",
     "Posterior",
     "ReluBatchNormDropout",
     "reparameterise",

@@ -5,7 +5,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vae_lab.models.layers import FastConvTranspose2d, FastDropout, ReluBatchNormDropout
+from vae_lab.models.layers import (
+    FastConvTranspose2d,
+    FastDropout,
+    OneChannelConvTranspose2d,
+    ReluBatchNormDropout,
+)
 
 
 def _same_size(size: int, stride: int) -> int:
@@ -64,7 +69,9 @@ class ConvDecoder(nn.Module):
     """Codes (B, latent_dim) -> pixel logits (B, C, H, W), mirroring the encoder with transposed convs.
 
     fast_transpose adds each transposed conv's bias apart from the convolution (FastConvTranspose2d:
-    the same layer and outputs, a backward twice as fast on CPU).
+    the same layer and outputs, a backward twice as fast on CPU). one_channel_kernel runs the last
+    layer, when it gives one channel (MNIST's), as C kernels on CPU (OneChannelConvTranspose2d: the
+    same layer, twice as fast as torch's convolution there).
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class ConvDecoder(nn.Module):
         channels: Sequence[int] = (64, 64, 32),
         strides: Sequence[int] = (1, 2, 2),
         fast_transpose: bool = True,
+        one_channel_kernel: bool = True,
     ):
         super().__init__()
         transposed_conv = FastConvTranspose2d if fast_transpose else nn.ConvTranspose2d
@@ -101,7 +109,10 @@ class ConvDecoder(nn.Module):
             ]
             previous = channels_out
         # the last layer gives logits: the loss applies the sigmoid inside a stable BCE
-        layers.append(transposed_conv(previous, out_channels, 3, stride=1, padding=1))
+        if one_channel_kernel and out_channels == 1:
+            layers.append(OneChannelConvTranspose2d(previous))
+        else:
+            layers.append(transposed_conv(previous, out_channels, 3, stride=1, padding=1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:

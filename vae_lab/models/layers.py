@@ -111,6 +111,78 @@ class FastConvTranspose2d(nn.ConvTranspose2d):
         return y.add_(self.bias.view(1, -1, 1, 1))  # in place: the convolution's backward does not need y
 
 
+class OneChannelConvTranspose2d(FastConvTranspose2d):
+    """The decoder's last layer, a 3x3 transposed convolution from many channels to one (stride 1,
+    padding 1): on a CPU, as C kernels (vae_lab/models/kernels.c, one_channel_conv).
+
+    oneDNN, behind torch's convolutions on CPU, is slow where one side has a single channel: this
+    layer took 7.4 ms of a 92 ms training step at batch 128 on the project's 2-core machine, for
+    under 1% of the step's arithmetic; the kernels take 3.4 ms (docs/speed.md). As a transposed
+    convolution with stride 1 and padding 1 is a convolution with the taps mirrored, out[p] = bias +
+    sum over taps d and channels k of x[p + d, k] * taps[d, k], with taps[d] = weight[:, 0, 1 - d].
+    The kernels run for a channels_last float32 batch on a CPU, with channels in multiples of 16 and
+    this layer's shape; elsewhere (a GPU, NCHW, bf16 autocast, torch.compile, no C compiler) it is
+    FastConvTranspose2d. The parameters are nn.ConvTranspose2d's; outputs and gradients agree with
+    it up to float rounding (another summation order, tested).
+    """
+
+    def __init__(self, in_channels: int, bias: bool = True):
+        super().__init__(in_channels, 1, 3, stride=1, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = self._kernels_for(x)
+        if kernels is None:
+            return super().forward(x)
+        return _OneChannelConv.apply(x, self.weight, self.bias, kernels)
+
+    def _kernels_for(self, x: torch.Tensor):
+        """The C kernels where they apply to this batch, else None."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32:
+            return None
+        if x.dim() != 4 or x.shape[1] % 16 or not x.is_contiguous(memory_format=torch.channels_last):
+            return None
+        if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+            return None
+        return cpu_kernels()
+
+
+class _OneChannelConv(torch.autograd.Function):
+    """The kernels' forward and backward; x is (B, C, H, W) channels_last, the output (B, 1, H, W)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, kernels):
+        batch, channels, height, width = x.shape
+        taps = weight.detach()[:, 0].flip(1, 2).permute(1, 2, 0).contiguous()  # (3, 3, C): mirrored
+        out = torch.empty(batch, 1, height, width, dtype=x.dtype)
+        offset = 0.0 if bias is None else float(bias)
+        kernels.one_channel_conv(
+            x, taps, offset, out, batch, height, width, channels, torch.get_num_threads()
+        )
+        ctx.save_for_backward(x, taps)
+        ctx.kernels, ctx.has_bias = kernels, bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, taps = ctx.saved_tensors
+        batch, channels, height, width = x.shape
+        grad_out, threads = grad_out.contiguous(), torch.get_num_threads()
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+            ctx.kernels.one_channel_conv_input_grad(
+                grad_out, taps, grad_x, batch, height, width, channels, threads
+            )
+        grad_taps = torch.empty(3, 3, channels, dtype=torch.float64)
+        ctx.kernels.one_channel_conv_taps_grad(
+            grad_out, x, grad_taps, batch, height, width, channels, threads
+        )
+        grad_weight = grad_taps.permute(2, 0, 1).flip(1, 2).unsqueeze(1).to(x.dtype)  # back to (C, 1, 3, 3)
+        grad_bias = grad_out.sum().reshape(1) if ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias, None
+
+
 class ReluBatchNormDropout(nn.BatchNorm2d):
     """ReLU, then BatchNorm2d, then FastDropout(p): one encoder block's three layers as one.
 

@@ -37,6 +37,9 @@ SIGNATURES = {  # argument types of each function in kernels.c
     "normalise_and_drop": [_P, _P, _P, _N, _N, _P, _P, _I, _F, _I],
     "backward_sums": [_P, _P, _P, _N, _N, _P, _I, _F, _P, _P, _I],
     "backward_input": [_P, _P, _P, _P, _N, _N, _P, _P, _P, _P, _I, _F, _I],
+    "one_channel_conv": [_P, _P, _F, _P, _N, _N, _N, _N, _I],
+    "one_channel_conv_input_grad": [_P, _P, _P, _N, _N, _N, _N, _I],
+    "one_channel_conv_taps_grad": [_P, _P, _P, _N, _N, _N, _N, _I],
     "counter_words": [_P, _N, ctypes.c_uint64, _I],
 }
 
