@@ -71,7 +71,7 @@ class ConvDecoder(nn.Module):
     fast_transpose adds each transposed conv's bias apart from the convolution (FastConvTranspose2d:
     the same layer and outputs, a backward twice as fast on CPU). one_channel_kernel runs the last
     layer, when it gives one channel (MNIST's), as C kernels on CPU (OneChannelConvTranspose2d: the
-    same layer, twice as fast as torch's convolution there).
+    same layer, faster than torch's convolution there).
     """
 
     def __init__(

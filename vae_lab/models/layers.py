@@ -116,10 +116,11 @@ class OneChannelConvTranspose2d(FastConvTranspose2d):
     padding 1): on a CPU, as C kernels (vae_lab/models/kernels.c, one_channel_conv).
 
     oneDNN, behind torch's convolutions on CPU, is slow where one side has a single channel: this
-    layer took 7.4 ms of a 92 ms training step at batch 128 on the project's 2-core machine, for
-    under 1% of the step's arithmetic; the kernels take 3.4 ms (docs/speed.md). As a transposed
-    convolution with stride 1 and padding 1 is a convolution with the taps mirrored, out[p] = bias +
-    sum over taps d and channels k of x[p + d, k] * taps[d, k], with taps[d] = weight[:, 0, 1 - d].
+    layer does 1.5% of the article's VAE step's arithmetic and took several percent of its time. A
+    transposed convolution with stride 1 and padding 1 is a convolution with the taps mirrored:
+    out[p] = bias + sum over taps d and channels k of x[p + d, k] * taps[d, k], with
+    taps[d] = weight[:, 0, 1 - d]; the kernels compute that, its input gradient and the taps' gradient
+    (summed in double), each one pass over the batch (docs/speed.md, "The one-channel kernel").
     The kernels run for a channels_last float32 batch on a CPU, with channels in multiples of 16 and
     this layer's shape; elsewhere (a GPU, NCHW, bf16 autocast, torch.compile, no C compiler) it is
     FastConvTranspose2d. The parameters are nn.ConvTranspose2d's; outputs and gradients agree with
