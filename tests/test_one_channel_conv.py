@@ -3,13 +3,14 @@ nn.ConvTranspose2d: the same outputs and gradients up to float rounding, and tor
 convolution wherever the kernels do not apply."""
 
 import logging
+import platform
 
 import pytest
 import torch
 from torch import nn
 
 from tests.conftest import needs_compiler
-from vae_lab.models import ConvDecoder, OneChannelConvTranspose2d
+from vae_lab.models import ConvDecoder, OneChannelConvTranspose2d, native
 
 
 def layer_and_reference(channels: int, bias: bool = True):
@@ -46,6 +47,28 @@ def test_the_kernels_give_the_numbers_of_nn_conv_transpose(shape, bias):
     expected_out, expected_gradients = outputs_and_gradients(reference, x, upstream)
     assert type(out.grad_fn).__name__ == "_OneChannelConvBackward"  # the kernels, no fallback
     assert out.shape == expected_out.shape == (shape[0], 1, *shape[2:])
+    torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)
+    for got, expected in zip(gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 instruction sets")
+@pytest.mark.parametrize("held_to", ["-mno-avx512f", "-mno-avx"], ids=["AVX2 (8 lanes)", "SSE (4 lanes)"])
+def test_the_kernels_built_for_narrower_vectors_give_the_same_numbers(
+    held_to, fresh_kernels, tmp_path, monkeypatch
+):
+    """The kernels as a CPU without AVX-512, or without AVX, builds them: 8 or 4 channels a vector."""
+    compiler = tmp_path / "cc-held"
+    compiler.write_text(f'#!/bin/sh\nexec cc "$@" {held_to}\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    assert native.cpu_kernels() is not None
+    layer, reference = layer_and_reference(32)
+    x, upstream = channels_last(3, 32, 5, 7), torch.randn(3, 1, 5, 7)
+    out, gradients = outputs_and_gradients(layer, x, upstream)
+    expected_out, expected_gradients = outputs_and_gradients(reference, x, upstream)
+    assert type(out.grad_fn).__name__ == "_OneChannelConvBackward"
     torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)
     for got, expected in zip(gradients, expected_gradients, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

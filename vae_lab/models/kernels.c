@@ -136,10 +136,17 @@ void backward_input(const float *y, const int16_t *r, const float *grad_out, flo
 
 /* The one-channel convolution: 3x3 taps, stride 1, zero padding 1 ('same'), from c channels to one.
    Pixel p = (image, i, j); tap d = (di, dj), each of -1, 0, 1, stored at taps[(di + 1) * 3 + dj + 1].
-   The channels go LANES at a time as one vector (c must be a multiple of LANES): gcc's vector
-   extension, which compiles to AVX-512, AVX2 or NEON as the CPU has, where a loop over a row's c
-   channels was left to scalar code between the taps (measured 3x slower). */
+   The channels go LANES at a time as one vector of gcc's vector extension (c must be a multiple of
+   LANES): a loop over a row's c channels left gcc's vectoriser scalar code between the taps. LANES
+   is the CPU's widest vector of floats: a wider one, which the CPU has no instructions for, is
+   split into pieces through memory (8 times slower, measured with 16 lanes on AVX2). */
+#if defined(__AVX512F__)
 #define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
+#else
+#define LANES 4 /* SSE, NEON */
+#endif
 typedef float lanes __attribute__((vector_size(4 * LANES), aligned(4))); /* loads from any float */
 #define LANES_AT(pointer) (*(lanes *)(pointer))
 
