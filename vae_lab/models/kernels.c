@@ -139,7 +139,7 @@ void backward_input(const float *y, const int16_t *r, const float *grad_out, flo
    The channels go LANES at a time as one vector of gcc's vector extension (c must be a multiple of
    LANES): a loop over a row's c channels left gcc's vectoriser scalar code between the taps. LANES
    is the CPU's widest vector of floats: a wider one, which the CPU has no instructions for, is
-   split into pieces through memory (8 times slower, measured with 16 lanes on AVX2). */
+   split into pieces through memory, many times slower (16 lanes built for AVX2). */
 #if defined(__AVX512F__)
 #define LANES 16
 #elif defined(__AVX__)
