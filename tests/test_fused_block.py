@@ -90,9 +90,11 @@ def test_the_fused_batch_statistics_hold_far_from_zero():
 
 
 @pytest.mark.parametrize(
-    "case", ["evaluation", "NCHW", "float64"], ids=["evaluation", "NCHW batch", "float64 batch"]
+    "case",
+    ["evaluation", "NCHW", "float64", "compile"],
+    ids=["evaluation", "NCHW batch", "float64 batch", "under torch.compile"],
 )
-def test_where_the_kernels_do_not_apply_the_fused_block_runs_the_three_layers(case):
+def test_where_the_kernels_do_not_apply_the_fused_block_runs_the_three_layers(case, monkeypatch):
     torch.manual_seed(0)
     x = channels_last(8, 4, 5, 5)
     fused, separate = fused_and_separate(4)
@@ -100,8 +102,10 @@ def test_where_the_kernels_do_not_apply_the_fused_block_runs_the_three_layers(ca
         fused.eval(), separate.eval()
     elif case == "NCHW":
         x = x.contiguous()
-    else:
+    elif case == "float64":
         x, fused, separate = x.double(), fused.double(), separate.double()
+    else:  # as dynamo traces it: inductor compiles the torch operations, not calls into C
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     upstream = torch.randn_like(x)
     out_fused, grads_fused, buffers_fused = run(fused, x, upstream)
     out_separate, grads_separate, buffers_separate = run(separate, x, upstream)

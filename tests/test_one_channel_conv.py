@@ -102,8 +102,10 @@ def test_the_kernels_run_on_every_thread_count_alike():
     torch.testing.assert_close(one[1][1], many[1][1], rtol=1e-6, atol=1e-6)  # summed per thread
 
 
-@pytest.mark.parametrize("case", ["NCHW batch", "channels not a multiple of 16", "bf16 autocast", "float64"])
-def test_where_the_kernels_do_not_apply_the_layer_is_torch_s_own_convolution(case):
+@pytest.mark.parametrize(
+    "case", ["NCHW batch", "channels not a multiple of 16", "bf16 autocast", "float64", "torch.compile"]
+)
+def test_where_the_kernels_do_not_apply_the_layer_is_torch_s_own_convolution(case, monkeypatch):
     channels = 24 if case == "channels not a multiple of 16" else 32
     layer, reference = layer_and_reference(channels)
     x, upstream = channels_last(4, channels, 6, 6), torch.randn(4, 1, 6, 6)
@@ -111,6 +113,8 @@ def test_where_the_kernels_do_not_apply_the_layer_is_torch_s_own_convolution(cas
         x = x.contiguous()
     if case == "float64":
         x, upstream, layer, reference = x.double(), upstream.double(), layer.double(), reference.double()
+    if case == "torch.compile":  # as dynamo traces it: inductor compiles torch's convolution
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16 autocast"):
         out, gradients = outputs_and_gradients(layer, x, upstream)
         expected_out, expected_gradients = outputs_and_gradients(reference, x, upstream)

@@ -19,11 +19,12 @@ def dropout_words(numel: int, device: torch.device) -> torch.Tensor:
     and a checkpoint's random state fix them): each word is a function of its index, so on a CPU the
     C kernel fills them on all threads at once, where torch's own generator draws one word after
     another on one thread (the biggest cost of the step after the convolutions, docs/speed.md).
-    Without the kernels, and on a GPU, torch operations compute the same words.
+    Without the kernels, on a GPU and under torch.compile, torch operations compute the same words.
     """
     count = -(-numel // 4)
     seed = int(torch.empty((), dtype=torch.int64).random_())  # on [0, 2**63)
-    kernels = cpu_kernels() if device.type == "cpu" else None
+    compiling = torch.compiler.is_compiling()  # inductor compiles the torch operations instead
+    kernels = cpu_kernels() if device.type == "cpu" and not compiling else None
     if kernels is None:
         return counter_words(seed, count, device)
     words = torch.empty(count, dtype=torch.int64)
@@ -191,7 +192,7 @@ class ReluBatchNormDropout(nn.BatchNorm2d):
     (vae_lab/models/kernels.c) that read the convolution's output once for BatchNorm's
     statistics and once more to write the block's output, and whose backward reads it twice and
     writes one gradient: the three layers apart read and write such tensors about a dozen times a
-    step. Elsewhere (evaluation, a GPU, NCHW, bf16 autocast, or no C compiler) it runs the three
+    step. Elsewhere (evaluation, a GPU, NCHW, bf16 autocast, torch.compile, no C compiler) it runs the three
     layers' own torch operations. Either way the parameters and buffers are nn.BatchNorm2d's, the
     running statistics are updated as nn.BatchNorm2d updates them, and the dropout masks are
     FastDropout's, from a seed drawn from torch's generator at the same point: the outputs and gradients of
@@ -230,6 +231,8 @@ class ReluBatchNormDropout(nn.BatchNorm2d):
         if y.device.type != "cpu" or y.dtype != torch.float32 or y.dim() != 4:
             return None
         if not y.is_contiguous(memory_format=torch.channels_last) or y.numel() == 0:
+            return None
+        if torch.compiler.is_compiling():  # inductor compiles the three layers' torch operations instead
             return None
         return cpu_kernels()
 
