@@ -79,6 +79,11 @@ def python() -> str:
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernels")
 
 
+def channels_last(*shape) -> torch.Tensor:
+    """A random batch in the memory layout the C kernels run on."""
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
 @pytest.fixture
 def fresh_kernels(tmp_path, monkeypatch):
     """The kernels' build as on a new machine: an empty cache, nothing loaded yet in this process."""

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from tests.conftest import needs_compiler
+from tests.conftest import channels_last, needs_compiler
 from vae_lab.models import VAE, ConvDecoder, ConvEncoder, FastDropout, ReluBatchNormDropout, native
 
 
@@ -35,10 +35,6 @@ def fused_and_separate(channels, momentum=0.1):
     separate = separate_layers(channels, momentum=momentum).train()
     separate[1].load_state_dict(fused.state_dict())
     return fused, separate
-
-
-def channels_last(*shape):
-    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
 
 
 @needs_compiler

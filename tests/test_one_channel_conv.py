@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import needs_compiler
+from tests.conftest import channels_last, needs_compiler
 from vae_lab.models import ConvDecoder, OneChannelConvTranspose2d, native
 
 
@@ -29,8 +29,15 @@ def outputs_and_gradients(layer, x, upstream):
     return out, gradients
 
 
-def channels_last(*shape):
-    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+def assert_the_kernels_match(layer, reference, x, upstream):
+    """The layer ran its kernels and gave the reference's output and gradients within 1e-4."""
+    out, gradients = outputs_and_gradients(layer, x, upstream)
+    expected_out, expected_gradients = outputs_and_gradients(reference, x, upstream)
+    assert type(out.grad_fn).__name__ == "_OneChannelConvBackward"  # the kernels, no fallback
+    assert out.shape == expected_out.shape
+    torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)
+    for got, expected in zip(gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 @needs_compiler
@@ -42,14 +49,8 @@ def test_the_kernels_give_the_numbers_of_nn_conv_transpose(shape, bias):
     """Edges in every direction, images of one pixel, fewer rows than threads, and no bias."""
     layer, reference = layer_and_reference(shape[1], bias)
     x = channels_last(*shape)
-    upstream = torch.randn(shape[0], 1, *shape[2:])
-    out, gradients = outputs_and_gradients(layer, x, upstream)
-    expected_out, expected_gradients = outputs_and_gradients(reference, x, upstream)
-    assert type(out.grad_fn).__name__ == "_OneChannelConvBackward"  # the kernels, no fallback
-    assert out.shape == expected_out.shape == (shape[0], 1, *shape[2:])
-    torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)
-    for got, expected in zip(gradients, expected_gradients, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    upstream = torch.randn(shape[0], 1, *shape[2:])  # the reference's output shape, as backward checks
+    assert_the_kernels_match(layer, reference, x, upstream)
 
 
 @needs_compiler
@@ -65,13 +66,7 @@ def test_the_kernels_built_for_narrower_vectors_give_the_same_numbers(
     monkeypatch.setenv("CC", str(compiler))
     assert native.cpu_kernels() is not None
     layer, reference = layer_and_reference(32)
-    x, upstream = channels_last(3, 32, 5, 7), torch.randn(3, 1, 5, 7)
-    out, gradients = outputs_and_gradients(layer, x, upstream)
-    expected_out, expected_gradients = outputs_and_gradients(reference, x, upstream)
-    assert type(out.grad_fn).__name__ == "_OneChannelConvBackward"
-    torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)
-    for got, expected in zip(gradients, expected_gradients, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert_the_kernels_match(layer, reference, channels_last(3, 32, 5, 7), torch.randn(3, 1, 5, 7))
 
 
 @needs_compiler

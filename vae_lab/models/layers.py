@@ -11,6 +11,16 @@ from vae_lab.models.native import cpu_kernels
 _LEVELS = 2**16  # the mask is drawn from 16-bit random integers
 
 
+def kernels_for_batch(batch: torch.Tensor):
+    """The C kernels where a layer may run them on this batch, else None: a 4-d channels_last float32
+    batch on a CPU, outside torch.compile (inductor compiles the layers' torch operations instead)."""
+    if batch.device.type != "cpu" or batch.dtype != torch.float32 or batch.dim() != 4:
+        return None
+    if not batch.is_contiguous(memory_format=torch.channels_last) or torch.compiler.is_compiling():
+        return None
+    return cpu_kernels()
+
+
 def dropout_words(numel: int, device: torch.device) -> torch.Tensor:
     """Uniform 64-bit words, four 16-bit integers each: the integers of a dropout mask over numel
     elements (`words.view(torch.int16)[:numel]`, in the tensor's memory order).
@@ -139,13 +149,11 @@ class OneChannelConvTranspose2d(FastConvTranspose2d):
 
     def _kernels_for(self, x: torch.Tensor):
         """The C kernels where they apply to this batch, else None."""
-        if x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32:
+        if self.weight.dtype != torch.float32 or x.dim() != 4 or x.shape[1] % 16:
             return None
-        if x.dim() != 4 or x.shape[1] % 16 or not x.is_contiguous(memory_format=torch.channels_last):
+        if torch.is_autocast_enabled("cpu"):  # torch would convolve in bf16
             return None
-        if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
-            return None
-        return cpu_kernels()
+        return kernels_for_batch(x)
 
 
 class _OneChannelConv(torch.autograd.Function):
@@ -228,13 +236,9 @@ class ReluBatchNormDropout(nn.BatchNorm2d):
         """The C kernels where they apply to this batch, else None."""
         if not (self.training and self.track_running_stats and self.affine and self.dropout.p > 0):
             return None
-        if y.device.type != "cpu" or y.dtype != torch.float32 or y.dim() != 4:
+        if y.numel() == 0:
             return None
-        if not y.is_contiguous(memory_format=torch.channels_last) or y.numel() == 0:
-            return None
-        if torch.compiler.is_compiling():  # inductor compiles the three layers' torch operations instead
-            return None
-        return cpu_kernels()
+        return kernels_for_batch(y)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, ReLU before, dropout p={self.dropout.p} after"
