@@ -7,8 +7,8 @@ import sys
 import torch
 from hydra import compose, initialize_config_dir
 
-from vae_lab.classifier import load_or_train_for_config
 from vae_lab.errors import VaeLabError
+from vae_lab.evaluation.classifier import load_or_train_for_config
 from vae_lab.train import CONF_DIR, main
 
 

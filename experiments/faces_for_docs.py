@@ -16,9 +16,10 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from vae_lab import inference, plots
 from vae_lab.errors import VaeLabError
-from vae_lab.figures import RECONSTRUCTED_IMAGES
+from vae_lab.evaluation import inference
+from vae_lab.figures import plots
+from vae_lab.figures.run_figures import RECONSTRUCTED_IMAGES
 from vae_lab.runs import load_run
 
 MODEL_MADE = (  # decoded by the model, or no image at all

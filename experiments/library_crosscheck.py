@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from vae_lab import metrics
+from vae_lab.evaluation import metrics
 
 
 class Features(torch.nn.Module):

@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from vae_lab.speed import SpeedOptions, speed_up
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "MNIST" / "raw"
 
@@ -79,6 +81,22 @@ def python() -> str:
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernels")
 
 
+AUTO = SpeedOptions(
+    **{
+        **SpeedOptions().as_dict(),
+        "fast_dropout": True,
+        "fused_blocks": True,
+        "fast_transpose": True,
+        "one_channel_kernel": True,
+    }
+)  # conf/speed/auto.yaml's layers
+
+
+def sped_up(module: torch.nn.Module, **options) -> torch.nn.Module:
+    """The module with conf/speed/auto.yaml's faster layers swapped in, less those options set to False."""
+    return speed_up(module, SpeedOptions(**{**AUTO.as_dict(), **options}))
+
+
 def channels_last(*shape) -> torch.Tensor:
     """A random batch in the memory layout the C kernels run on."""
     return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
@@ -87,12 +105,12 @@ def channels_last(*shape) -> torch.Tensor:
 @pytest.fixture
 def fresh_kernels(tmp_path, monkeypatch):
     """The kernels' build as on a new machine: an empty cache, nothing loaded yet in this process."""
-    from vae_lab.models import native
+    from vae_lab.speed import kernels
 
     monkeypatch.setenv("VAE_LAB_CACHE", str(tmp_path / "cache"))
-    native.cpu_kernels.cache_clear()
+    kernels.cpu_kernels.cache_clear()
     yield tmp_path / "cache"
-    native.cpu_kernels.cache_clear()
+    kernels.cpu_kernels.cache_clear()
 
 
 def write_fake_fashion_mnist(root: Path, train_count: int = 256, test_count: int = 64) -> Path:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tests.conftest import python
-from vae_lab.models import FastConvTranspose2d, FastDropout
+from vae_lab.speed import SpeedOptions
+from vae_lab.speed.layers import FastConvTranspose2d, FastDropout
 
 
 def test_fast_dropout_keeps_one_minus_p_and_rescales():
@@ -91,7 +92,7 @@ flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
     ("extra", "native"), [("", False), ("amx_bf16 amx_tile", True), ("avx512_bf16", True)]
 )
 def test_cpu_features_read_the_bf16_flags_of_proc_cpuinfo(tmp_path, extra, native):
-    from vae_lab.hardware import cpu_features
+    from vae_lab.speed.cpu import cpu_features
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(CPUINFO.format(extra=extra))
@@ -104,18 +105,16 @@ def test_cpu_features_read_the_bf16_flags_of_proc_cpuinfo(tmp_path, extra, nativ
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_native_bf16_is_warned_against(monkeypatch, caplog, native):
-    from vae_lab import loop
-    from vae_lab.hardware import CpuFeatures
+    from vae_lab.speed.cpu import CpuFeatures
+    from vae_lab.training import loop
 
     flags = frozenset({"avx512f", "amx_bf16"} if native else {"avx512f"})
     monkeypatch.setattr(loop, "cpu_features", lambda: CpuFeatures("Xeon", flags))
     model = torch.nn.Linear(2, 2)
     with caplog.at_level("WARNING", logger="vae_lab"):
-        loop.TrainStep(
-            model, None, torch.optim.Adam(model.parameters()), channels_last=False, precision="bf16"
-        )
-        loop.TrainStep(model, None, torch.optim.Adam(model.parameters()), channels_last=False)
-    warnings = [r.getMessage() for r in caplog.records if "trainer.precision=bf16" in r.getMessage()]
+        loop.TrainStep(model, None, torch.optim.Adam(model.parameters()), SpeedOptions(precision="bf16"))
+        loop.TrainStep(model, None, torch.optim.Adam(model.parameters()), SpeedOptions())
+    warnings = [r.getMessage() for r in caplog.records if "speed.precision=bf16" in r.getMessage()]
     assert len(warnings) == (0 if native else 1)
     assert not warnings or "slower than fp32" in warnings[0] and "Xeon" in warnings[0]
 
@@ -152,10 +151,9 @@ def test_the_bench_measures_every_option_on_its_own_unless_told_which():
     assert {f"options off + {name}" for name in OPTIONS} | {
         f"vae_lab without {name}" for name in WITHOUT
     } == set(list(specs)[3:])
-    assert specs["options off + bf16 autocast"] == [*OPTIONS_OFF, "trainer.precision=bf16"]
-    assert specs["vae_lab without fused blocks"] == [
-        "model.encoder.fused_blocks=false"
-    ]  # the default, less it
+    assert specs["options off + bf16 autocast"] == [*OPTIONS_OFF, "speed.precision=bf16"]
+    assert specs["vae_lab without fused blocks"] == ["speed.fused_blocks=false"]  # the default, less it
+    assert OPTIONS_OFF[0] == "speed=off" and all(o.startswith("speed.") for o in WITHOUT.values())
     assert len(OPTIONS) == 7 and "compile" in OPTIONS
     with pytest.raises(BenchError, match="--options bf17: not a speed option; choose from channels_last"):
         variant_specs(["bf17"])
@@ -269,7 +267,7 @@ def test_the_benchmark_refuses_a_device_it_cannot_use_in_one_line(fake_mnist_roo
 def test_an_installed_wheel_carries_the_configs_and_the_plain_loop_and_trains_a_step(
     tmp_path, fake_mnist_root
 ):
-    """Not editable: conf/ ships inside the package as vae_lab/conf; the plain loop is vae_lab.plain_vae."""
+    """Not editable: conf/ ships inside the package as vae_lab/conf; the plain loop is in vae_lab.speed."""
     from tests.conftest import REPO
 
     build = subprocess.run(
@@ -303,7 +301,7 @@ def test_an_installed_wheel_carries_the_configs_and_the_plain_loop_and_trains_a_
         [
             python(),
             "-c",
-            "import vae_lab.config, vae_lab.plain_vae; print(vae_lab.config.CONF_DIR)",
+            "import vae_lab.config, vae_lab.speed.plain_vae; print(vae_lab.config.CONF_DIR)",
         ],
         capture_output=True,
         text=True,

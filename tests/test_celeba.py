@@ -11,13 +11,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import REPO, trust_fake_celeba, write_fake_celeba
-from vae_lab import inference
-from vae_lab.build import build
 from vae_lab.config import CONF_DIR, register_schemas
 from vae_lab.data import load_celeba, to_float
 from vae_lab.errors import DataError
-from vae_lab.loop import TrainStep
+from vae_lab.evaluation import inference
 from vae_lab.losses import BernoulliLikelihood
+from vae_lab.training.build import build
+from vae_lab.training.loop import TrainStep
 
 SHARED_CELEBA = REPO.parent / "shared" / "data" / "celeba"
 
@@ -137,8 +137,8 @@ def test_a_few_steps_on_real_faces_lower_the_loss(tmp_path):
     assert data.train_images.shape == (256, 3, 64, 64) and len(data.test_images) > 1000
     assert 0.2 < data.train_labels.double().mean() < 0.8  # Smiling: about half of the faces
     torch.manual_seed(0)
-    model, loss, optimizer = build(face_config("model.latent_dim=32"), torch.device("cpu"))
-    step = TrainStep(model, loss, optimizer)
+    cfg = face_config("model.latent_dim=32")
+    step = TrainStep.sped_up(*build(cfg, torch.device("cpu")), cfg.speed)
     step.train()
     images = to_float(data.train_images)
     losses = [step(images[i * 32 % 256 : i * 32 % 256 + 32]).total.item() for i in range(24)]

@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 
 from tests.conftest import REPO, python, write_fake_mnist
-from vae_lab.build import build
 from vae_lab.config import check_config, register_schemas, resolve_device
 from vae_lab.errors import ConfigError
+from vae_lab.training.build import build
 
 CONF = REPO / "conf"
 GROUP_CHOICES = {

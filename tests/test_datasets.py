@@ -22,15 +22,15 @@ from tests.conftest import (
     write_fake_fashion_mnist,
     write_image_folder,
 )
-from vae_lab import data as data_module
-from vae_lab import plots
 from vae_lab.config import check_config, register_schemas, upgrade_legacy_loss, upgrade_legacy_overrides
+from vae_lab.data import decoding as data_module
 from vae_lab.data import load_celeba, load_fashion_mnist, load_image_folder
 from vae_lab.errors import ConfigError, DataError
 from vae_lab.evaluate import evaluate_folder
-from vae_lab.loggers import NoLogger, TensorBoardLogger, flatten_numbers
+from vae_lab.figures import plots
 from vae_lab.losses import ELBO, GaussianLikelihood, Reconstruction, gaussian_nats_per_image
 from vae_lab.models import ModelOutput
+from vae_lab.training.loggers import NoLogger, TensorBoardLogger, flatten_numbers
 
 # ---------------------------------------------------------------- Fashion-MNIST
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from vae_lab.checkpoint import Checkpoint, cuda_rng_states
 from vae_lab.config import resolve_device
 from vae_lab.errors import ConfigError
 from vae_lab.models import VAE, MLPDecoder, MLPEncoder
+from vae_lab.training.checkpoint import Checkpoint, cuda_rng_states
 
 
 def test_cuda_n_names_a_device_where_torch_sees_cuda_and_is_refused_where_it_does_not(monkeypatch):

@@ -161,7 +161,7 @@ def test_the_classifier_command_trains_once_then_reuses_its_cache(tmp_path):
     command = [
         python(),
         "-m",
-        "vae_lab.classifier",
+        "vae_lab.evaluation.classifier",
         f"data.root={root}",
         f"hydra.run.dir={tmp_path / 'run'}",
         "evaluation.classifier.epochs=1",
@@ -194,8 +194,8 @@ def test_the_classifier_command_trains_once_then_reuses_its_cache(tmp_path):
 def test_the_classifier_trains_and_loads_in_channels_last_with_the_same_answers(tmp_path, fake_mnist_root):
     import copy
 
-    from vae_lab.classifier import classify, load_or_train
     from vae_lab.data import load_mnist
+    from vae_lab.evaluation.classifier import classify, load_or_train
 
     data = load_mnist(str(fake_mnist_root), download=False)
     settings = {"epochs": 1, "batch_size": 64, "lr": 1e-3, "seed": 0}

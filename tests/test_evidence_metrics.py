@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vae_lab import metrics
+from vae_lab.evaluation import metrics
 
 
 def generator(seed: int) -> torch.Generator:

@@ -6,8 +6,10 @@ import logging
 import pytest
 import torch
 
-from tests.conftest import channels_last, needs_compiler
-from vae_lab.models import VAE, ConvDecoder, ConvEncoder, FastDropout, ReluBatchNormDropout, native
+from tests.conftest import channels_last, needs_compiler, sped_up
+from vae_lab.models import VAE, ConvDecoder, ConvEncoder
+from vae_lab.speed import kernels as native
+from vae_lab.speed.layers import FastDropout, ReluBatchNormDropout
 
 
 def separate_layers(channels: int, p: float = 0.3, momentum=0.1) -> torch.nn.Sequential:
@@ -113,8 +115,8 @@ def test_where_the_kernels_do_not_apply_the_fused_block_runs_the_three_layers(ca
 
 
 def test_the_fused_encoder_has_the_state_dict_of_the_separate_layers():
-    fused = ConvEncoder(batch_norm=True, dropout=0.3)
-    separate = ConvEncoder(batch_norm=True, dropout=0.3, fused_blocks=False)
+    fused = sped_up(ConvEncoder(batch_norm=True, dropout=0.3))
+    separate = sped_up(ConvEncoder(batch_norm=True, dropout=0.3), fused_blocks=False)
     assert [type(m).__name__ for m in fused.body][:4] == [
         "Conv2d",
         "Identity",
@@ -126,8 +128,10 @@ def test_the_fused_encoder_has_the_state_dict_of_the_separate_layers():
     x = torch.rand(5, 1, 28, 28)
     assert torch.equal(fused.eval()(x), separate.eval()(x))
     # only where a block has BatchNorm and fast dropout
-    assert not any(isinstance(m, ReluBatchNormDropout) for m in ConvEncoder(batch_norm=True).modules())
-    no_fast = ConvEncoder(batch_norm=True, dropout=0.3, fast_dropout=False)
+    assert not any(
+        isinstance(m, ReluBatchNormDropout) for m in sped_up(ConvEncoder(batch_norm=True)).modules()
+    )
+    no_fast = sped_up(ConvEncoder(batch_norm=True, dropout=0.3), fast_dropout=False)
     assert not any(isinstance(m, ReluBatchNormDropout) for m in no_fast.modules())
 
 
@@ -137,8 +141,9 @@ def test_a_vae_with_fused_blocks_trains_as_one_with_the_separate_layers():
     losses = {}
     for fused in (True, False):
         torch.manual_seed(0)
-        encoder = ConvEncoder(batch_norm=True, dropout=0.3, fused_blocks=fused)
-        model = VAE(2, encoder, ConvDecoder(2)).train().to(memory_format=torch.channels_last)
+        encoder = ConvEncoder(batch_norm=True, dropout=0.3)
+        model = sped_up(VAE(2, encoder, ConvDecoder(2)).train(), fused_blocks=fused)
+        model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         losses[fused] = []
         for _ in range(5):
@@ -194,7 +199,7 @@ def test_one_value_per_channel_is_refused_in_training_as_batch_norm_refuses_it()
 
 @needs_compiler
 def test_the_fused_block_output_is_within_float_rounding_of_a_float64_computation():
-    from vae_lab.models.layers import dropout_words
+    from vae_lab.speed.layers import dropout_words
 
     torch.manual_seed(0)
     x = channels_last(64, 32, 28, 28)
@@ -218,7 +223,7 @@ def test_the_fused_block_output_is_within_float_rounding_of_a_float64_computatio
 
 @needs_compiler
 def test_the_dropout_words_of_the_c_kernel_and_of_torch_operations_are_the_same_bits():
-    from vae_lab.models.layers import counter_words, dropout_words
+    from vae_lab.speed.layers import counter_words, dropout_words
 
     kernels = native.cpu_kernels()
     for seed in (0, 12345, 2**63 - 1):

@@ -1,4 +1,4 @@
-"""vae_lab.memory: freed memory is kept for the next step instead of being page-faulted back in."""
+"""vae_lab.speed.memory: freed memory is kept for the next step instead of being page-faulted back in."""
 
 import platform
 import subprocess
@@ -9,7 +9,7 @@ from tests.conftest import python
 
 STEPS = """
 import resource, sys, torch
-from vae_lab.memory import keep_freed_memory
+from vae_lab.speed.memory import keep_freed_memory
 took = keep_freed_memory() if sys.argv[1] == "keep" else None
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -52,7 +52,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_each_step():
 
 HAND_BACK = """
 import torch
-from vae_lab.memory import hand_back_freed_memory, keep_freed_memory
+from vae_lab.speed.memory import hand_back_freed_memory, keep_freed_memory
 def resident_mib():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
@@ -74,8 +74,9 @@ def test_hand_back_freed_memory_returns_what_was_kept():
 
 
 def test_the_classifier_keeps_freed_memory_while_it_trains_and_hands_it_back(monkeypatch, fake_mnist_root):
-    from vae_lab import classifier, memory
     from vae_lab.data import load_mnist
+    from vae_lab.evaluation import classifier
+    from vae_lab.speed import memory
 
     calls = []
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append("keep"))

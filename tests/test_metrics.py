@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from vae_lab import metrics
-from vae_lab.inference import importance_draws
+from vae_lab.evaluation import metrics
+from vae_lab.evaluation.inference import importance_draws
+from vae_lab.evaluation.metrics import stratified_subset
 from vae_lab.losses import BernoulliLikelihood
-from vae_lab.metrics import stratified_subset
 from vae_lab.models import VAE, MLPDecoder, MLPEncoder
 
 
@@ -123,7 +123,7 @@ def _exact_log_px(model, images):
 
 
 def importance_log_weights(model, images, k):
-    """The IWAE log weights of a model: its posterior draws (vae_lab.inference) into the metric."""
+    """The IWAE log weights of a model: its posterior draws (vae_lab.evaluation.inference) into the metric."""
     draws = importance_draws(model, images, k, BernoulliLikelihood())
     return metrics.importance_log_weights(draws.log_px_z, draws.z, draws.mean, draws.log_var)
 
@@ -158,7 +158,7 @@ def test_iwae_is_exact_when_the_decoder_ignores_z_and_q_is_the_prior():
 def test_the_manifold_grid_is_the_articles_normal_quantiles():
     from scipy.stats import norm
 
-    from vae_lab.inference import manifold_values
+    from vae_lab.evaluation.inference import manifold_values
 
     expected = norm.ppf(np.linspace(0.01, 0.99, 15))  # the article's grid
     assert np.allclose(manifold_values(15), expected, rtol=0, atol=1e-12)

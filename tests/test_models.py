@@ -1,17 +1,9 @@
 import pytest
 import torch
 
-from vae_lab.models import (
-    VAE,
-    Autoencoder,
-    ConvDecoder,
-    ConvEncoder,
-    FastConvTranspose2d,
-    FastDropout,
-    MLPDecoder,
-    MLPEncoder,
-    OneChannelConvTranspose2d,
-)
+from vae_lab.models import VAE, Autoencoder, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae_lab.speed import SpeedOptions, speed_up
+from vae_lab.speed.layers import FastDropout
 
 
 def conv_pair(latent_dim, **encoder_options):
@@ -57,22 +49,19 @@ def test_conv_encoder_matches_the_article():
     assert [c.stride[0] for c in convs] == [1, 2, 2, 1]
     assert all(c.kernel_size == (3, 3) for c in convs)
     assert encoder.feature_dim == 7 * 7 * 64
-    # the article's Keras order, as one layer (ReluBatchNormDropout) by default or as the separate layers
-    fused = encoder.body[2]
-    assert type(fused).__name__ == "ReluBatchNormDropout" and fused.dropout.p == 0.3
-    separate = ConvEncoder(batch_norm=True, dropout=0.3, fused_blocks=False)
-    kinds = [type(m).__name__ for m in separate.body][:4]
-    assert kinds == ["Conv2d", "ReLU", "BatchNorm2d", "FastDropout"]
-    plain = ConvEncoder(batch_norm=True, dropout=0.3, fast_dropout=False)
-    assert type(plain.body[3]) is torch.nn.Dropout and plain.body[3].p == 0.3
+    # the article's Keras order, in torch.nn's own layers only
+    kinds = [type(m) for m in encoder.body]
+    block = [torch.nn.Conv2d, torch.nn.ReLU, torch.nn.BatchNorm2d, torch.nn.Dropout]
+    assert kinds == block * 4 + [torch.nn.Flatten]
+    assert all(m.p == 0.3 for m in encoder.body if isinstance(m, torch.nn.Dropout))
+    assert [type(m) for m in ConvEncoder().body][:3] == [torch.nn.Conv2d, torch.nn.ReLU, torch.nn.Conv2d]
     decoder = ConvDecoder(2)
     transposed = [m for m in decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [c.out_channels for c in transposed] == [64, 64, 32, 1]
     assert [c.stride[0] for c in transposed] == [1, 2, 2, 1]
-    assert [type(c) for c in transposed] == [FastConvTranspose2d] * 3 + [OneChannelConvTranspose2d]
-    plain = ConvDecoder(2, fast_transpose=False, one_channel_kernel=False)
-    assert all(type(c) is torch.nn.ConvTranspose2d for c in plain.body[::2])
-    assert type(ConvDecoder(2, one_channel_kernel=False).body[-1]) is FastConvTranspose2d
+    assert all(type(c) is torch.nn.ConvTranspose2d for c in transposed)
+    modules = {type(m).__module__ for model in (encoder, decoder) for m in model.modules()}
+    assert modules == {"vae_lab.models.conv"} | {m for m in modules if m.startswith("torch.nn.modules.")}
 
 
 def test_in_place_relus_and_dropout_change_no_output_and_no_gradient():
@@ -81,8 +70,9 @@ def test_in_place_relus_and_dropout_change_no_output_and_no_gradient():
     results = []
     for in_place in (True, False):
         torch.manual_seed(0)  # the same weights and the same dropout masks and noise
-        encoder = ConvEncoder(batch_norm=True, dropout=0.3, fused_blocks=False)  # the layers apart
+        encoder = ConvEncoder(batch_norm=True, dropout=0.3)
         model = VAE(2, encoder, ConvDecoder(2)).train()
+        speed_up(model, SpeedOptions(fast_dropout=True))  # the layers apart: ReLU, BatchNorm, FastDropout
         layers = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, FastDropout))]
         assert all(layer.inplace for layer in layers) and len(layers) == 12
         for layer in layers:
@@ -94,7 +84,8 @@ def test_in_place_relus_and_dropout_change_no_output_and_no_gradient():
         results.append([output.recon_logits.detach(), output.code.detach(), *grads])
     for in_place, plain in zip(*results, strict=True):
         assert torch.equal(in_place, plain)
-    assert not ConvEncoder(batch_norm=False, dropout=0.3).body[2].inplace  # after a ReLU: out of place
+    after_relu = speed_up(ConvEncoder(batch_norm=False, dropout=0.3), SpeedOptions(fast_dropout=True))
+    assert type(after_relu.body[2]) is FastDropout and not after_relu.body[2].inplace  # out of place
 
 
 def test_reparameterisation_gives_gradients_to_mean_and_log_variance():

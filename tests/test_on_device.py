@@ -9,9 +9,9 @@ import torch
 
 from tests.conftest import FAST_EVALUATION
 from tests.test_datasets import compose_run
-from vae_lab.build import build
-from vae_lab.checkpoint import resume_point
-from vae_lab.loop import TrainStep
+from vae_lab.training.build import build
+from vae_lab.training.checkpoint import resume_point
+from vae_lab.training.loop import TrainStep
 
 DEVICE = os.environ.get("VAE_LAB_TEST_DEVICE", "cpu")
 
@@ -49,9 +49,8 @@ def test_a_run_trains_evaluates_and_resumes_on_the_device(fake_mnist_root, tmp_p
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_train_step_on_the_device_gives_finite_losses_that_fall(precision):
     torch.manual_seed(0)
-    cfg = compose_run(f"device={DEVICE}", "model.latent_dim=8")
-    model, loss, optimizer = build(cfg, torch.device(DEVICE))
-    step = TrainStep(model, loss, optimizer, precision=precision)
+    cfg = compose_run(f"device={DEVICE}", "model.latent_dim=8", f"speed.precision={precision}")
+    step = TrainStep.sped_up(*build(cfg, torch.device(DEVICE)), cfg.speed)
     step.train()
     images = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.7).float()
     losses = [step(images.to(DEVICE)).total.item() for _ in range(8)]
@@ -71,7 +70,7 @@ def test_prior_samples_of_a_seed_are_the_same_on_the_device_as_on_the_cpu():
 def test_dropout_words_on_the_device_are_the_cpu_kernels_bits():
     """On a GPU fast dropout's words come from torch operations, on a CPU from the C kernel (where it
     builds): the same SplitMix64 words, so a seed gives the same masks on either."""
-    from vae_lab.models.layers import counter_words, dropout_words
+    from vae_lab.speed.layers import counter_words, dropout_words
 
     torch.manual_seed(7)
     on_device = dropout_words(4001, torch.device(DEVICE))

@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import channels_last, needs_compiler
-from vae_lab.models import ConvDecoder, OneChannelConvTranspose2d, native
+from tests.conftest import channels_last, needs_compiler, sped_up
+from vae_lab.models import ConvDecoder
+from vae_lab.speed import kernels as native
+from vae_lab.speed.layers import OneChannelConvTranspose2d
 
 
 def layer_and_reference(channels: int, bias: bool = True):
@@ -135,11 +137,13 @@ def test_without_a_working_compiler_the_layer_falls_back_with_one_warning(fresh_
 
 
 def test_the_decoder_s_last_layer_is_the_one_channel_kernel_only_where_it_gives_one_channel():
-    fast, plain = ConvDecoder(2), ConvDecoder(2, one_channel_kernel=False)
+    fast, plain = sped_up(ConvDecoder(2)), sped_up(ConvDecoder(2), one_channel_kernel=False)
     assert type(fast.body[-1]) is OneChannelConvTranspose2d
     assert type(plain.body[-1]).__name__ == "FastConvTranspose2d"
     fast.load_state_dict(plain.state_dict())  # strict: checkpoints load either way
     codes = torch.randn(5, 2)
     torch.testing.assert_close(fast.eval()(codes), plain.eval()(codes))
-    colour = ConvDecoder(2, out_channels=3, image_size=64, channels=(64, 32, 32, 32), strides=(2, 2, 2, 2))
+    colour = sped_up(
+        ConvDecoder(2, out_channels=3, image_size=64, channels=(64, 32, 32, 32), strides=(2, 2, 2, 2))
+    )
     assert not any(isinstance(m, OneChannelConvTranspose2d) for m in colour.modules())

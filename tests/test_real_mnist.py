@@ -61,7 +61,7 @@ def test_a_few_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp_p
 
 
 def test_the_digit_classifier_learns_real_digits(mnist_root):
-    from vae_lab.classifier import train_classifier
+    from vae_lab.evaluation.classifier import train_classifier
 
     data = load_mnist(str(mnist_root), limit=6000)
     _, accuracy = train_classifier(data, epochs=2, batch_size=128, lr=1e-3, seed=0, progress=False)
@@ -85,7 +85,7 @@ def test_a_damaged_official_archive_is_refused_by_its_checksum(mnist_root, tmp_p
 
 
 def test_a_loader_waits_while_another_process_unpacks_the_archives(tmp_path):
-    from vae_lab.data import unpacking_lock
+    from vae_lab.data.mnist import unpacking_lock
 
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from tests.conftest import REPO, python, write_fake_mnist
-from vae_lab.checkpoint import load as load_checkpoint
 from vae_lab.errors import RunFolderError
+from vae_lab.files import write_atomically, write_json
 from vae_lab.losses import ELBO
-from vae_lab.runs import write_atomically, write_json
+from vae_lab.training.checkpoint import load as load_checkpoint
 
 RUN = [
     "trainer.epochs=3",
@@ -343,7 +343,7 @@ def test_checkpoints_load_weights_only_so_no_code_runs_from_them(tmp_path):
 
 def test_a_checkpoint_written_before_the_format_was_versioned_still_loads(tmp_path):
     """Format 1: the plain dict earlier versions saved, its loss config naming the likelihood."""
-    from vae_lab.checkpoint import FORMAT_VERSION
+    from vae_lab.training.checkpoint import FORMAT_VERSION
 
     old_loss = {"_target_": "vae_lab.losses.ELBO", "recon_weight": 1.0, "kl_weight": 1.0}
     state = {

@@ -14,7 +14,7 @@ from tests.conftest import FAST_EVALUATION, REPO, python
 from vae_lab.compare import compare, group, grouped_headline, read_row
 from vae_lab.compare import main as compare_main
 from vae_lab.errors import VaeLabError
-from vae_lab.launchers import require_launcher_plugin
+from vae_lab.training.launchers import require_launcher_plugin
 
 TINY = [
     "trainer.epochs=1",
@@ -385,6 +385,6 @@ def test_the_ablation_script_says_how_its_classifier_training_goes_before_the_jo
     )
     result = subprocess.run([python(), "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "[vae_lab.classifier][INFO] - training the sample metrics' classifier" in result.stderr
-    assert "[vae_lab.classifier][INFO] - classifier epoch 1/1: training loss" in result.stderr
+    assert "[vae_lab.evaluation.classifier][INFO] - training the sample metrics' classifier" in result.stderr
+    assert "[vae_lab.evaluation.classifier][INFO] - classifier epoch 1/1: training loss" in result.stderr
     assert list((fake_mnist_root / "classifiers").glob("digit_classifier-*.pt"))

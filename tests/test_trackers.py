@@ -15,9 +15,9 @@ import yaml
 from tests.conftest import FAST_EVALUATION, python, write_fake_mnist
 from vae_lab.config import check_config, register_schemas
 from vae_lab.errors import ConfigError
-from vae_lab.launchers import require_sweeper_plugin
-from vae_lab.loggers import MultiLogger, RunContext, TensorBoardLogger, WandbLogger, parse_overrides
 from vae_lab.train import objective_value
+from vae_lab.training.launchers import require_sweeper_plugin
+from vae_lab.training.loggers import MultiLogger, RunContext, TensorBoardLogger, WandbLogger, parse_overrides
 
 TINY = ["trainer.epochs=1", "trainer.batch_size=64", "trainer.eval_batch_size=64", "trainer.progress=false"]
 TINY += ["trainer.threads=1", *FAST_EVALUATION]

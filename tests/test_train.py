@@ -12,7 +12,7 @@ from tests.conftest import FAST_EVALUATION, python
 from vae_lab import load_run
 from vae_lab.data import load_mnist
 from vae_lab.errors import RunFolderError
-from vae_lab.inference import evaluate_loss
+from vae_lab.evaluation.inference import evaluate_loss
 from vae_lab.losses import ELBO, Reconstruction
 
 FIGURES = ("reconstructions.png", "latent_scatter.png", "samples.png", "manifold.png")
@@ -152,14 +152,14 @@ def test_load_run_on_a_folder_that_is_not_a_run_says_so(tmp_path):
 @pytest.mark.parametrize(
     "option",
     [
-        "trainer.channels_last=false",
-        "model.encoder.fast_dropout=false",
-        "model.encoder.fused_blocks=false",
-        "model.decoder.fast_transpose=false",
-        "model.decoder.one_channel_kernel=false",
+        "speed.channels_last=false",
+        "speed.fast_dropout=false",
+        "speed.fused_blocks=false",
+        "speed.fast_transpose=false",
+        "speed.one_channel_kernel=false",
         "optimizer.fused=true",
-        "trainer.compile=true",
-        "trainer.precision=bf16",
+        "speed.compile=true",
+        "speed.precision=bf16",
     ],
 )
 def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mnist_root):
@@ -170,17 +170,17 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
     is compared with inductor's fallback_random, which draws the reparameterisation noise as eager does."""
     from hydra import compose, initialize_config_dir
 
-    from vae_lab.build import build
     from vae_lab.config import register_schemas
-    from vae_lab.loop import TrainStep, train_epoch
     from vae_lab.train import CONF_DIR
+    from vae_lab.training.build import build
+    from vae_lab.training.loop import TrainStep, train_epoch
 
     def losses(*overrides):
         register_schemas()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[f"data.root={fake_mnist_root}", *overrides])
         torch.manual_seed(0)
-        step = TrainStep.from_settings(*build(cfg, torch.device("cpu")), cfg.trainer)
+        step = TrainStep.sped_up(*build(cfg, torch.device("cpu")), cfg.speed)
         data = load_mnist(str(fake_mnist_root), download=False)
         generator = torch.Generator().manual_seed(0)
         return [train_epoch(step, data, 32, generator)["total"] for _ in range(2)]
@@ -222,11 +222,11 @@ def test_an_epoch_off_a_terminal_logs_a_line_at_each_quarter(progress, fake_mnis
     import re
 
     from vae_lab.bench import compose_config
-    from vae_lab.build import build
-    from vae_lab.loop import TrainStep, train_epoch
+    from vae_lab.training.build import build
+    from vae_lab.training.loop import TrainStep, train_epoch
 
     cfg = compose_config([f"data.root={fake_mnist_root}"])
-    step = TrainStep.from_settings(*build(cfg, torch.device("cpu")), cfg.trainer)
+    step = TrainStep.sped_up(*build(cfg, torch.device("cpu")), cfg.speed)
     data = load_mnist(str(fake_mnist_root), download=False)  # 256 images: 8 batches of 32
     with caplog.at_level(logging.INFO, logger="vae_lab"):
         train_epoch(step, data, 32, torch.Generator().manual_seed(0), progress=progress, desc="epoch 2/3")

@@ -4,13 +4,12 @@
     python -m vae_lab.bench --profile 20    # where vae_lab's default step spends its time
 
 
-The plain loop (vae_lab/plain_vae.py) and vae_lab's training path with its defaults, and with
-each speed option on its own, take turns in short timed windows after a warm-up, so that drift on
-a shared machine hits every variant alike; each variant's speed is the median of its windows.
+The plain loop (vae_lab/speed/plain_vae.py) and vae_lab's training path with its defaults, and with
+each speed option (conf/speed) on its own, take turns in short timed windows after a warm-up, so
+that drift on a shared machine hits every variant alike; each variant's speed is the median of its windows.
 Each variant trains in a process of its own, one at a time: process-wide settings (the threads, the
 allocator's) stay that variant's, and each peak resident memory is that variant's own. It prints a
-line as each stage ends. The defaults (5 rounds of 15-step windows) take 55% of the steps of the
-earlier 7 rounds of 20, whose run took 5.6 minutes here.
+line as each stage ends; the defaults (5 rounds of 15-step windows) take a few minutes on a 2-core CPU.
 """
 
 import argparse
@@ -29,39 +28,32 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
-from vae_lab.build import build, instantiate_node
 from vae_lab.config import register_schemas, resolve_device
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import VaeLabError
-from vae_lab.hardware import cpu_features
-from vae_lab.loop import TrainStep
+from vae_lab.speed.cpu import cpu_features
 from vae_lab.train import CONF_DIR
+from vae_lab.training.build import build, instantiate_node
+from vae_lab.training.loop import TrainStep
 
-# every speed option off: vae_lab's data path alone; each option is then added on its own
-OPTIONS_OFF = [
-    "trainer.channels_last=false",
-    "model.encoder.fast_dropout=false",
-    "model.encoder.fused_blocks=false",
-    "model.decoder.fast_transpose=false",
-    "model.decoder.one_channel_kernel=false",
-    "optimizer.fused=false",
-    "trainer.keep_freed_memory=false",
-]
+# every speed option off (conf/speed/off.yaml, and Adam's own fused kernel): vae_lab's data path alone;
+# each option is then added on its own
+OPTIONS_OFF = ["speed=off", "optimizer.fused=false"]
 OPTIONS = {
-    "channels_last": "trainer.channels_last=true",
-    "fast dropout": "model.encoder.fast_dropout=true",
-    "fast transpose": "model.decoder.fast_transpose=true",
+    "channels_last": "speed.channels_last=true",
+    "fast dropout": "speed.fast_dropout=true",
+    "fast transpose": "speed.fast_transpose=true",
     "fused Adam": "optimizer.fused=true",
-    "keep freed memory": "trainer.keep_freed_memory=true",
-    "compile": "trainer.compile=true",
-    "bf16 autocast": "trainer.precision=bf16",
+    "keep freed memory": "speed.keep_freed_memory=true",
+    "compile": "speed.compile=true",
+    "bf16 autocast": "speed.precision=bf16",
 }
 # options that work only together with others (the fused blocks run on channels_last batches and
 # draw fast dropout's masks; the one-channel kernel runs on channels_last batches): measured as the
 # default path against the default path without them
 WITHOUT = {
-    "fused blocks": "model.encoder.fused_blocks=false",
-    "one-channel kernel": "model.decoder.one_channel_kernel=false",
+    "fused blocks": "speed.fused_blocks=false",
+    "one-channel kernel": "speed.one_channel_kernel=false",
 }
 ALL_OPTIONS = [*OPTIONS, *WITHOUT]
 # an option within this fraction of the options-off speed is within the bench's noise: its windows
@@ -85,7 +77,7 @@ class LabTrainer:
 
     def __init__(self, overrides: list[str], data: ImageData, batch_size: int, device: torch.device):
         cfg = compose_config([*overrides, f"trainer.batch_size={batch_size}"])
-        self.step = TrainStep.from_settings(*build(cfg, device), cfg.trainer)
+        self.step = TrainStep.sped_up(*build(cfg, device), cfg.speed)
         self.data, self.batch_size = data, batch_size
         self.generator = torch.Generator().manual_seed(0)
         self.batches = iter(())
@@ -126,7 +118,7 @@ def serve_variant(spec: dict) -> None:
     try:
         if spec["overrides"] is None:
             # imported here: its torchvision import (as the classic examples have it) costs seconds
-            from vae_lab import plain_vae
+            from vae_lab.speed import plain_vae
 
             trainer = plain_vae.PlainTrainer(spec["data_root"], spec["batch_size"], str(device))
         else:
@@ -236,7 +228,7 @@ def startup_probe(data_root: str, device: str) -> None:
     """What a training run does before its first step: compose, build, load the data, step once."""
     cfg = compose_config([f"data.root={data_root}", f"device={device}"])
     device = resolve_device(cfg.device)
-    step = TrainStep.from_settings(*build(cfg, device), cfg.trainer)
+    step = TrainStep.sped_up(*build(cfg, device), cfg.speed)
     data = instantiate(cfg.data).to(device)
     indices = next(
         shuffled_batches(len(data.train_images), cfg.trainer.batch_size, torch.Generator(), device)
@@ -342,7 +334,7 @@ def run_benchmark(
     finally:
         for variant in variants.values():
             variant.close()
-    from vae_lab import plain_vae
+    from vae_lab.speed import plain_vae
 
     flops = flops_per_image(plain_vae, batch_size, torch_device)
     peak = matmul_peak_gflops(torch_device)

@@ -22,10 +22,11 @@ import torch
 import yaml
 from hydra.utils import instantiate
 
-from vae_lab import plots
 from vae_lab.errors import VaeLabError
-from vae_lab.figures import figure_tensors
-from vae_lab.runs import find_runs, flatten, load_run, read_metrics, read_summary
+from vae_lab.figures import plots
+from vae_lab.figures.run_figures import figure_tensors
+from vae_lab.runs import load_run
+from vae_lab.training.run_folder import find_runs, flatten, read_metrics, read_summary
 
 log = logging.getLogger("vae_lab.compare")
 HIDDEN_OVERRIDES = {"data.root", "trainer.progress", "device"}  # where and how, not what, was run

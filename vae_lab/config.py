@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
+from vae_lab.speed.options import PRECISIONS
 
 
 def _config_dir() -> Path:
@@ -27,7 +28,6 @@ def _config_dir() -> Path:
 
 CONF_DIR = _config_dir()  # absolute: works from any module or folder
 BINARIZE_CHOICES = ("none", "dynamic")
-PRECISIONS = ("fp32", "bf16")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -101,14 +101,6 @@ class ImageFolderSchema(DataSchema):
 
 
 @dataclass
-class ModelSchema:
-    _target_: str = MISSING
-    latent_dim: int = positive_int()
-    encoder: Any = MISSING
-    decoder: Any = MISSING
-
-
-@dataclass
 class GaussianLikelihoodSchema:
     _target_: str = MISSING
     variance: float = positive_number()  # per pixel in [0, 1] units
@@ -148,11 +140,21 @@ class TrainerSchema:
     eval_batch_size: int = positive_int()
     threads: Optional[int] = positive_int("for torch's default")
     progress: bool = MISSING
+    resume: bool = MISSING
+
+
+@dataclass
+class SpeedSchema:
+    """conf/speed/*.yaml: vae_lab/speed/options.py's SpeedOptions."""
+
+    fast_dropout: bool = MISSING
+    fused_blocks: bool = MISSING
+    fast_transpose: bool = MISSING
+    one_channel_kernel: bool = MISSING
     channels_last: bool = MISSING
     compile: bool = MISSING
     precision: str = one_of(*PRECISIONS)
     keep_freed_memory: bool = MISSING
-    resume: bool = MISSING
 
 
 @dataclass
@@ -214,10 +216,13 @@ class MultiLoggerSchema:
 @dataclass
 class Config:
     data: DataSchema = field(default_factory=DataSchema)
-    model: ModelSchema = field(default_factory=ModelSchema)
+    # conf/model/*.yaml: _target_ and exactly its constructor's arguments, whatever they are (a new
+    # model's own included); the constructor refuses what it does not take. latent_dim is checked below.
+    model: Any = MISSING
     loss: Any = MISSING  # conf/loss/*.yaml name their schema below
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    speed: SpeedSchema = field(default_factory=SpeedSchema)
     evaluation: EvaluationSchema = field(default_factory=EvaluationSchema)
     logger: Any = MISSING  # conf/logger/*.yaml: where numbers and figures go besides the run folder
     # a summary.json key (flattened with dots) the Hydra app returns, for a sweeper that searches
@@ -273,6 +278,9 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if value is None or not check["test"](value):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be {check['allowed']}.")
+    latent_dim = OmegaConf.select(cfg, "model.latent_dim", default=None)
+    if latent_dim is not None and not (_is_int(latent_dim) and latent_dim > 0):
+        raise ConfigError(f"model.latent_dim={latent_dim!r} is not allowed: it must be a positive integer.")
     objective = OmegaConf.select(cfg, "objective", default=None)
     if isinstance(objective, str) and objective.startswith("metrics.") and not cfg.evaluation.enabled:
         raise ConfigError(
@@ -343,11 +351,42 @@ def upgrade_legacy_loss(loss: dict) -> dict:
     return upgraded | {"likelihood": LEGACY_LIKELIHOODS[name](variance)}
 
 
+# The speed options' keys before they had a config group of their own (conf/speed), by today's key
+LEGACY_SPEED_KEYS = {
+    "model.encoder.fast_dropout": "speed.fast_dropout",
+    "model.encoder.fused_blocks": "speed.fused_blocks",
+    "model.decoder.fast_transpose": "speed.fast_transpose",
+    "model.decoder.one_channel_kernel": "speed.one_channel_kernel",
+    "trainer.channels_last": "speed.channels_last",
+    "trainer.compile": "speed.compile",
+    "trainer.precision": "speed.precision",
+    "trainer.keep_freed_memory": "speed.keep_freed_memory",
+}
+
+
+def upgrade_legacy_model(model: dict) -> dict:
+    """Give back a model config of a run written while the speed options sat in it (model.encoder.fused_blocks
+    and the like) without them: the plain model's config, which is what it describes."""
+    upgraded = dict(model)
+    for part in ("encoder", "decoder"):
+        if isinstance(upgraded.get(part), dict):
+            speed_keys = {
+                key.rpartition(".")[2] for key in LEGACY_SPEED_KEYS if key.startswith(f"model.{part}.")
+            }
+            upgraded[part] = {key: value for key, value in upgraded[part].items() if key not in speed_keys}
+    return upgraded
+
+
 def upgrade_legacy_overrides(arguments: list[str]) -> list[str]:
-    """Give back command-line overrides with the first format's likelihood keys in today's spelling:
+    """Give back command-line overrides with earlier keys in today's spelling:
     loss.likelihood=gaussian -> loss/likelihood=gaussian,
-    loss.gaussian_variance=V -> loss.likelihood.variance=V."""
-    renamed = {"loss.likelihood": "loss/likelihood", "loss.gaussian_variance": "loss.likelihood.variance"}
+    loss.gaussian_variance=V -> loss.likelihood.variance=V,
+    model.encoder.fused_blocks=false -> speed.fused_blocks=false (and the other speed options)."""
+    renamed = {
+        "loss.likelihood": "loss/likelihood",
+        "loss.gaussian_variance": "loss.likelihood.variance",
+        **LEGACY_SPEED_KEYS,
+    }
     upgraded = []
     for argument in arguments:
         key, equals, value = argument.partition("=")

@@ -4,7 +4,7 @@
     python -m vae_lab.train <the same overrides> trainer.resume=true hydra.run.dir=<its run folder>
 
 Everything a run makes lands in its Hydra run folder (outputs/<date>/<time>/). Read `run` first:
-it is one job from config to summary.json; the loop itself is vae_lab/loop.py.
+it is one job from config to summary.json; the loop itself is vae_lab/training/loop.py.
 """
 
 import difflib
@@ -21,14 +21,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vae_lab import checkpoint as checkpoints
-from vae_lab import evaluate, inference
-from vae_lab.build import build, build_data, check_model_fits_data, instantiate_node
-from vae_lab.checkpoint import Checkpoint
 from vae_lab.config import CONF_DIR, check_config, register_schemas, resolve_device, upgrade_legacy_overrides
 from vae_lab.errors import VaeLabError
-from vae_lab.figures import draw_run_figures
-from vae_lab.launchers import (
+from vae_lab.evaluation import inference
+from vae_lab.evaluation.suite import evaluate_model, one_line
+from vae_lab.figures.run_figures import draw_run_figures
+from vae_lab.files import unwritable, write_json
+from vae_lab.speed import SpeedOptions
+from vae_lab.speed.memory import hand_back_freed_memory
+from vae_lab.training import checkpoint as checkpoints
+from vae_lab.training.build import build, build_data, check_model_fits_data, instantiate_node
+from vae_lab.training.checkpoint import Checkpoint
+from vae_lab.training.launchers import (
     LAUNCHER_PID,
     in_worker_process,
     parallel_jobs,
@@ -36,19 +40,10 @@ from vae_lab.launchers import (
     require_sweeper_plugin,
     require_writable_output,
 )
-from vae_lab.loggers import run_context
-from vae_lab.loop import FitSettings, TrainingDiverged, TrainStep, fit, format_parts
-from vae_lab.memory import hand_back_freed_memory
-from vae_lab.runs import (
-    CHECKPOINT_FILE,
-    SUMMARY_FILE,
-    flatten,
-    is_finite_number,
-    read_summary,
-    unwritable,
-    write_json,
-)
-from vae_lab.stopping import RunInterrupted, StopSignals, watch_launcher
+from vae_lab.training.loggers import run_context
+from vae_lab.training.loop import FitSettings, TrainingDiverged, TrainStep, fit, format_parts
+from vae_lab.training.run_folder import CHECKPOINT_FILE, SUMMARY_FILE, flatten, is_finite_number, read_summary
+from vae_lab.training.stopping import RunInterrupted, StopSignals, watch_launcher
 
 log = logging.getLogger("vae_lab")
 register_schemas()
@@ -68,8 +63,8 @@ def run(
     set_threads(cfg.trainer.threads, parallel_jobs)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    model, loss, optimizer = build(cfg, device)
-    step = TrainStep.from_settings(model, loss, optimizer, cfg.trainer)
+    model, loss, optimizer = build(cfg, device)  # the plain model of conf/model
+    step = TrainStep.sped_up(model, loss, optimizer, cfg.speed)  # its faster layers: vae_lab/speed
     data = build_data(cfg, device)
     check_model_fits_data(model, data.test_images)
     log.info(
@@ -81,25 +76,7 @@ def run(
         logger.start(run_context(cfg, run_dir))
         last = fit(step, data, fit_settings(cfg, run_dir), run_dir, checkpoint, stop, logger)
         hand_back_freed_memory()  # what training kept for its steps: not part of evaluation's peak
-        metrics, histograms = None, None
-        if cfg.evaluation.enabled:
-            log.info("evaluating on the test split (docs/metrics.md)")
-            metrics, histograms = evaluate.evaluate_model(
-                model,
-                data,
-                cfg.evaluation,
-                cfg.seed,
-                cfg.data.root,
-                cfg.trainer.progress,
-                last["test"],
-                loss.likelihood,
-            )
-            log.info(evaluate.one_line(metrics))
-            logger.log_metrics(metrics, step=last["epoch"])
-        if logger.embedding_images:  # the first test images' codes, for TensorBoard's projector
-            shown = data.test_images[: logger.embedding_images]
-            labels = [data.class_names[label] for label in data.test_labels[: len(shown)].tolist()]
-            logger.log_embedding(inference.encode_means(model, shown), labels, shown / 255, last["epoch"])
+        metrics, histograms = evaluate_run(cfg, model, data, loss, last, logger)
         figures = draw_run_figures(model, data, run_dir, cfg.seed, cfg.evaluation.enabled, histograms)
         logger.log_figures([run_dir / name for name in figures], step=last["epoch"])
         summary = {
@@ -125,6 +102,31 @@ def run(
     return summary
 
 
+def evaluate_run(cfg: DictConfig, model, data, loss, last: dict, logger):
+    """Give back (the evaluation suite's metrics, the samples' class histograms), (None, None) where
+    evaluation.enabled is false; hand the metrics and the test codes to the trackers."""
+    metrics, histograms = None, None
+    if cfg.evaluation.enabled:
+        log.info("evaluating on the test split (docs/metrics.md)")
+        metrics, histograms = evaluate_model(
+            model,
+            data,
+            cfg.evaluation,
+            cfg.seed,
+            cfg.data.root,
+            cfg.trainer.progress,
+            last["test"],
+            loss.likelihood,
+        )
+        log.info(one_line(metrics))
+        logger.log_metrics(metrics, step=last["epoch"])
+    if logger.embedding_images:  # the first test images' codes, for TensorBoard's projector
+        shown = data.test_images[: logger.embedding_images]
+        labels = [data.class_names[label] for label in data.test_labels[: len(shown)].tolist()]
+        logger.log_embedding(inference.encode_means(model, shown), labels, shown / 255, last["epoch"])
+    return metrics, histograms
+
+
 def set_threads(threads: Optional[int], parallel_jobs: int) -> None:
     """torch.set_num_threads at the start of the job (an environment variable would come too late).
 
@@ -146,6 +148,7 @@ def fit_settings(cfg: DictConfig, run_dir: Path) -> FitSettings:
         seed=cfg.seed,
         progress=cfg.trainer.progress,
         resume_config=checkpoints.resume_key_config(cfg),
+        speed=SpeedOptions.of(cfg.speed).as_dict(),
         hydra_files=checkpoints.read_hydra_files(run_dir),
     )
 

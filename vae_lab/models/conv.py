@@ -1,16 +1,9 @@
-"""The article's convolutional encoder and decoder (3x3 kernels, 'same' padding, ReLU)."""
+"""The article's convolutional encoder and decoder (3x3 kernels, 'same' padding, ReLU), in plain layers."""
 
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-
-from vae_lab.models.layers import (
-    FastConvTranspose2d,
-    FastDropout,
-    OneChannelConvTranspose2d,
-    ReluBatchNormDropout,
-)
 
 
 def _same_size(size: int, stride: int) -> int:
@@ -23,9 +16,6 @@ class ConvEncoder(nn.Module):
 
     Each block is conv, ReLU and, for the article's VAE, BatchNorm and Dropout: in the article's
     Keras code the activation sits inside the conv, so it comes before the BatchNorm.
-    fast_dropout draws the dropout masks from 16-bit random integers (the same dropout, faster on CPU).
-    fused_blocks runs each block's ReLU, BatchNorm and fast dropout as one layer
-    (ReluBatchNormDropout: the same numbers, in one pass over memory each way on CPU).
     """
 
     def __init__(
@@ -36,27 +26,16 @@ class ConvEncoder(nn.Module):
         strides: Sequence[int] = (1, 2, 2, 1),
         batch_norm: bool = False,
         dropout: float = 0.0,
-        fast_dropout: bool = True,
-        fused_blocks: bool = True,
     ):
         super().__init__()
         layers: list[nn.Module] = []
         size, previous = image_size, in_channels
-        fuse = fused_blocks and batch_norm and dropout > 0 and fast_dropout
         for out_channels, stride in zip(channels, strides, strict=True):
-            layers.append(nn.Conv2d(previous, out_channels, 3, stride=stride, padding=1))
-            if fuse:
-                # the Identity layers hold the places of the ReLU and the dropout, so that the state
-                # dict's keys are those of the separate layers: checkpoints load either way
-                layers += [nn.Identity(), ReluBatchNormDropout(out_channels, dropout), nn.Identity()]
-            else:
-                layers.append(nn.ReLU(inplace=True))
-                if batch_norm:
-                    layers.append(nn.BatchNorm2d(out_channels))
-                if dropout > 0:
-                    # after BatchNorm, whose backward does not need its output, the mask is applied in place
-                    fast = FastDropout(dropout, inplace=batch_norm)
-                    layers.append(fast if fast_dropout else nn.Dropout(dropout))
+            layers += [nn.Conv2d(previous, out_channels, 3, stride=stride, padding=1), nn.ReLU(inplace=True)]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             size, previous = _same_size(size, stride), out_channels
         self.body = nn.Sequential(*layers, nn.Flatten())
         self.feature_dim = previous * size * size
@@ -66,13 +45,7 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Codes (B, latent_dim) -> pixel logits (B, C, H, W), mirroring the encoder with transposed convs.
-
-    fast_transpose adds each transposed conv's bias apart from the convolution (FastConvTranspose2d:
-    the same layer and outputs, a backward twice as fast on CPU). one_channel_kernel runs the last
-    layer, when it gives one channel (MNIST's), as C kernels on CPU (OneChannelConvTranspose2d: the
-    same layer, faster than torch's convolution there).
-    """
+    """Codes (B, latent_dim) -> pixel logits (B, C, H, W), mirroring the encoder with transposed convs."""
 
     def __init__(
         self,
@@ -82,11 +55,8 @@ class ConvDecoder(nn.Module):
         start_channels: int = 64,
         channels: Sequence[int] = (64, 64, 32),
         strides: Sequence[int] = (1, 2, 2),
-        fast_transpose: bool = True,
-        one_channel_kernel: bool = True,
     ):
         super().__init__()
-        transposed_conv = FastConvTranspose2d if fast_transpose else nn.ConvTranspose2d
         upscale = 1
         for stride in strides:
             upscale *= stride
@@ -104,15 +74,12 @@ class ConvDecoder(nn.Module):
         for channels_out, stride in zip(channels, strides, strict=True):
             # stride 2 with output_padding 1 doubles the size exactly, as Keras 'same' does
             layers += [
-                transposed_conv(previous, channels_out, 3, stride, padding=1, output_padding=stride - 1),
+                nn.ConvTranspose2d(previous, channels_out, 3, stride, padding=1, output_padding=stride - 1),
                 nn.ReLU(inplace=True),
             ]
             previous = channels_out
         # the last layer gives logits: the loss applies the sigmoid inside a stable BCE
-        if one_channel_kernel and out_channels == 1:
-            layers.append(OneChannelConvTranspose2d(previous))
-        else:
-            layers.append(transposed_conv(previous, out_channels, 3, stride=1, padding=1))
+        layers.append(nn.ConvTranspose2d(previous, out_channels, 3, stride=1, padding=1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:

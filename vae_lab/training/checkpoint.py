@@ -13,9 +13,12 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lab.config import upgrade_legacy_loss
+from vae_lab.config import LEGACY_SPEED_KEYS, upgrade_legacy_loss, upgrade_legacy_model
 from vae_lab.errors import ConfigError, RunFolderError
-from vae_lab.runs import CHECKPOINT_FILE, CONFIG_FILE, flatten, write_atomically
+from vae_lab.files import write_atomically
+from vae_lab.speed.options import SpeedOptions, what_differs_means
+from vae_lab.speed.options import resume_differences as speed_differences
+from vae_lab.training.run_folder import CHECKPOINT_FILE, CONFIG_FILE, flatten
 
 log = logging.getLogger("vae_lab")
 # 1: the plain dict written before the format was versioned (the same keys); 2: with format_version
@@ -48,6 +51,7 @@ class Checkpoint:
     config: dict[str, Any]  # resume_key_config of the run: a resume must match it
     hydra_files: dict[str, str]  # the run's .hydra/*.yaml, put back when a later command rewrites them
     position: Optional[EpochPosition] = None  # where in an unfinished epoch; None at an epoch's end
+    speed: Optional[dict[str, Any]] = None  # the speed options it trained with (conf/speed): not in `config`
     format_version: int = FORMAT_VERSION
 
     def restore(self, model, optimizer, order_generator: torch.Generator) -> None:
@@ -95,7 +99,7 @@ def from_state(state: Any, path: Path) -> Checkpoint:
     """Give back the Checkpoint of a loaded file's contents, of this format or the unversioned first one."""
     version = state.get("format_version", 1) if isinstance(state, dict) else None
     names = {f.name for f in fields(Checkpoint)}
-    required = names - {"position", "format_version"}
+    required = names - {"position", "speed", "format_version"}
     if version not in (1, FORMAT_VERSION) or not required <= state.keys():
         raise RunFolderError(
             f"{path} is not a checkpoint this vae_lab can read (format {version!r}, this version reads "
@@ -107,12 +111,32 @@ def from_state(state: Any, path: Path) -> Checkpoint:
     kept["position"] = EpochPosition(**position) if position else None
     if version == 1 and isinstance(kept["config"].get("loss"), dict):  # its likelihood was a name then
         kept["config"] = kept["config"] | {"loss": upgrade_legacy_loss(kept["config"]["loss"])}
+    if isinstance(kept["config"].get("model"), dict) and kept.get("speed") is None:
+        # written while the layer options sat in the model's config: they are its speed options
+        kept["speed"] = legacy_speed_options(kept["config"]["model"])
+        kept["config"] = kept["config"] | {"model": upgrade_legacy_model(kept["config"]["model"])}
     kept["format_version"] = FORMAT_VERSION
     return Checkpoint(**kept)
 
 
+def legacy_speed_options(model: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Give back the speed options a model config of the first layout held (model.encoder.fused_blocks and
+    the like), by today's names; None where it held none."""
+    found = {}
+    for old, new in LEGACY_SPEED_KEYS.items():
+        if not old.startswith("model."):
+            continue
+        _, part, name = old.split(".")
+        if isinstance(model.get(part), dict) and name in model[part]:
+            found[new.removeprefix("speed.")] = model[part][name]
+    return found or None
+
+
 def resume_key_config(cfg: DictConfig) -> dict[str, Any]:
-    """Give back the parts of the config a run must keep to be resumed: what changes its numbers."""
+    """Give back the parts of the config a run must keep to be resumed: what its numbers are of.
+
+    The speed options (conf/speed) are not among them: a resume with others goes on, and says how far
+    its numbers then depart from an uninterrupted run's (`resume_point`)."""
     kept = OmegaConf.to_container(cfg, resolve=True)
     data = {key: value for key, value in kept["data"].items() if key not in ("root", "download")}
     return {
@@ -162,7 +186,22 @@ def resume_point(cfg: DictConfig, run_dir: Path, resume: bool, must_exist: bool)
             f"cannot resume {run_dir}: its checkpoint was made with a different config: "
             f"{'; '.join(differences)}. Resume with the checkpoint's values, or start a new run."
         )
+    warn_of_other_speed_options(checkpoint, SpeedOptions.of(cfg.speed))
     return checkpoint
+
+
+def warn_of_other_speed_options(checkpoint: Checkpoint, now: SpeedOptions) -> None:
+    """Say so where a run goes on with other speed options than its checkpoint's: it goes on, but not
+    bit-identically to a run that was never stopped (docs/reliability.md)."""
+    if checkpoint.speed is None:
+        return
+    differences = speed_differences(checkpoint.speed, now)
+    if differences:
+        log.warning(
+            f"resuming with other speed options than the checkpoint's ({'; '.join(differences)}): "
+            f"{what_differs_means(checkpoint.speed, now)}; the run will not end bit-identical to one "
+            "that was never stopped. Resume with the checkpoint's speed options for that."
+        )
 
 
 def read_hydra_files(run_dir: Path) -> dict[str, str]:

@@ -2,7 +2,7 @@
 written the way the classic examples write it (torchvision MNIST + ToTensor behind a DataLoader with
 default settings, fp32, eager, nn.Dropout, nn.BatchNorm2d, Adam with defaults).
 
-    python -m vae_lab.plain_vae --data-root data --epochs 1
+    python -m vae_lab.speed.plain_vae --data-root data --epochs 1
 """
 
 import argparse

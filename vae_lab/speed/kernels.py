@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from vae_lab.hardware import cpu_features
+from vae_lab.speed.cpu import cpu_features
 
 log = logging.getLogger("vae_lab")
 FALLBACK = "vae_lab's layers run as torch operations instead (the same results, slower on CPU; docs/speed.md)"

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae_lab.models.native import cpu_kernels
+from vae_lab.speed.kernels import cpu_kernels
 
 _LEVELS = 2**16  # the mask is drawn from 16-bit random integers
 

@@ -1,6 +1,6 @@
 """A small MNIST classifier that vae_lab trains itself, to judge decoded samples.
 
-    python -m vae_lab.classifier [data.root=... evaluation.classifier.epochs=...]
+    python -m vae_lab.evaluation.classifier [data.root=... evaluation.classifier.epochs=...]
 
 trains it (or finds it cached) and logs its test accuracy.
 
@@ -21,13 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from vae_lab import memory
 from vae_lab.config import CONF_DIR, register_schemas
 from vae_lab.data import ImageData, in_order, resolve_root, shuffled_batches, to_float
 from vae_lab.errors import VaeLabError
-from vae_lab.runs import write_atomically
+from vae_lab.files import write_atomically
+from vae_lab.speed import memory
 
-log = logging.getLogger("vae_lab.classifier")
+log = logging.getLogger("vae_lab.evaluation.classifier")
 register_schemas()
 
 

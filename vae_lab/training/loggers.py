@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
-from vae_lab.runs import flatten, is_finite_number
+from vae_lab.training.run_folder import flatten, is_finite_number
 
 log = logging.getLogger("vae_lab")
 
@@ -339,7 +339,7 @@ class MultiLogger(NoLogger):
     """
 
     def __init__(self, run_dir: Path | str, backends: DictConfig | dict | None = None):
-        from vae_lab.build import instantiate_node
+        from vae_lab.training.build import instantiate_node
 
         super().__init__(run_dir)
         if not backends:

@@ -1,7 +1,6 @@
 """The training loop, with no Hydra in it: one step, one epoch, and `fit`, read top to bottom.
 
-`TrainStep` owns every speed option (memory format, compile, precision, the allocator's setting):
-training, the bench and the tests all step through it, so the three cannot drift apart.
+Training, the bench and the tests all step through `TrainStep`, so the three cannot drift apart.
 """
 
 import itertools
@@ -14,16 +13,16 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
-from vae_lab import checkpoint as checkpoints
-from vae_lab import memory
-from vae_lab.checkpoint import Checkpoint, EpochPosition
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import VaeLabError
-from vae_lab.hardware import cpu_features
-from vae_lab.inference import evaluate_loss
+from vae_lab.evaluation.inference import evaluate_loss
 from vae_lab.losses import LossParts
-from vae_lab.runs import write_metrics
-from vae_lab.stopping import RunInterrupted, StopSignals
+from vae_lab.speed import SpeedOptions, speed_up
+from vae_lab.speed.cpu import cpu_features
+from vae_lab.training import checkpoint as checkpoints
+from vae_lab.training.checkpoint import Checkpoint, EpochPosition
+from vae_lab.training.run_folder import write_metrics
+from vae_lab.training.stopping import RunInterrupted, StopSignals
 
 log = logging.getLogger("vae_lab")
 
@@ -33,48 +32,29 @@ class TrainingDiverged(VaeLabError):
 
 
 class TrainStep:
-    """One optimisation step of model on loss, with the speed options that change how, never what,
-    it computes (docs/speed.md).
+    """One optimisation step of model on loss, run as the speed options say (conf/speed/*.yaml): they
+    change how, never what, it computes (docs/speed.md).
 
-    channels_last: NHWC weights and batches (faster convolutions on CPU). compile: torch.compile the
-    forward pass (it shares the model's parameters). precision="bf16": the forward pass under bfloat16
-    autocast; the loss, the gradients and the optimiser stay in fp32. keep_freed_memory: glibc keeps
-    freed memory for the next step (a process-wide setting, vae_lab/memory.py).
+    speed.channels_last: NHWC batches (the transform puts the weights in NHWC). speed.compile:
+    torch.compile the forward pass (it shares the model's parameters). speed.precision="bf16": the
+    forward pass under bfloat16 autocast; the loss, the gradients and the optimiser stay in fp32.
     """
 
-    def __init__(
-        self,
-        model,
-        loss,
-        optimizer,
-        channels_last: bool = True,
-        compile: bool = False,
-        precision: str = "fp32",
-        keep_freed_memory: bool = False,
-    ):
+    def __init__(self, model, loss, optimizer, speed: Optional[SpeedOptions] = None):
         self.model, self.loss, self.optimizer = model, loss, optimizer
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            model.to(memory_format=torch.channels_last)  # conv weights in NHWC, like the batches
-        self.forward_model = torch.compile(model) if compile else model
-        self.precision = precision
-        if precision == "bf16":
+        speed = speed if speed is not None else SpeedOptions()  # every option off
+        self.memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
+        self.forward_model = torch.compile(model) if speed.compile else model
+        self.bf16 = speed.precision == "bf16"
+        if self.bf16:
             warn_if_bf16_is_slow_here(next(model.parameters()).device)
-        if keep_freed_memory:
-            memory.keep_freed_memory()
 
     @classmethod
-    def from_settings(cls, model, loss, optimizer, trainer) -> "TrainStep":
-        """The step with the speed options of a trainer config (conf/trainer/*.yaml)."""
-        return cls(
-            model,
-            loss,
-            optimizer,
-            channels_last=trainer.channels_last,
-            compile=trainer.compile,
-            precision=trainer.precision,
-            keep_freed_memory=trainer.keep_freed_memory,
-        )
+    def sped_up(cls, model, loss, optimizer, speed) -> "TrainStep":
+        """The step of `model` with the faster layers of `speed` (a conf/speed node or SpeedOptions)
+        swapped in first (vae_lab/speed/transform.py)."""
+        options = SpeedOptions.of(speed)
+        return cls(speed_up(model, options), loss, optimizer, options)
 
     def train(self) -> None:
         self.forward_model.train()
@@ -82,10 +62,9 @@ class TrainStep:
     def __call__(self, batch: torch.Tensor) -> LossParts:
         """Take one optimisation step on a batch of float images; give back the loss's parts."""
         x = batch.contiguous(memory_format=self.memory_format)
-        bf16 = self.precision == "bf16"
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self.forward_model(x)
-        parts = self.loss(output.float() if bf16 else output, x)
+        parts = self.loss(output.float() if self.bf16 else output, x)
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         self.optimizer.step()
@@ -97,8 +76,8 @@ def warn_if_bf16_is_slow_here(device: torch.device) -> None:
     cpu = cpu_features()
     if device.type == "cpu" and cpu.native_bf16 is False:
         log.warning(
-            f"trainer.precision=bf16 on a CPU without AMX-BF16 or AVX512-BF16 ({cpu.name}): bf16 autocast is "
-            "slower than fp32 on such CPUs (docs/speed.md); trainer.precision=fp32 trains faster here"
+            f"speed.precision=bf16 on a CPU without AMX-BF16 or AVX512-BF16 ({cpu.name}): bf16 autocast is "
+            "slower than fp32 on such CPUs (docs/speed.md); speed.precision=fp32 trains faster here"
         )
 
 
@@ -180,6 +159,7 @@ class FitSettings:
     seed: int  # orders the training images; fixes the test loss's noise
     progress: bool
     resume_config: dict[str, Any]  # checkpoint.resume_key_config of the run
+    speed: dict[str, Any]  # the speed options it trains with, kept in each checkpoint
     hydra_files: dict[str, str]  # the run's .hydra/*.yaml, kept in each checkpoint
 
 
@@ -220,6 +200,7 @@ def fit(
                 config=settings.resume_config,
                 hydra_files=settings.hydra_files,
                 position=position,
+                speed=settings.speed,
             ),
         )
 

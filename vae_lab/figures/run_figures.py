@@ -10,8 +10,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vae_lab import inference, plots
 from vae_lab.data import ImageData
+from vae_lab.evaluation import inference
+from vae_lab.figures import plots
 
 RECONSTRUCTED_IMAGES = 10  # test images shown over their reconstructions
 

@@ -1,0 +1,271 @@
+"""The evaluation suite of a trained model on its test split: one short section per family of metrics.
+
+Every number is computed in vae_lab/evaluation/metrics.py (definitions: docs/metrics.md); the sections
+run the model (vae_lab/evaluation/inference.py) and hand the tensors over, in the order summary.json
+lists them. The sections draw their random numbers in a fixed order (the model's own draws from torch's
+generator seeded with the run's seed, the held-out splits and the hole estimates from `holes`, the
+prior draws from `draws`): the same model, settings and seed give the same numbers.
+"""
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from vae_lab.data import ImageData, to_float
+from vae_lab.evaluation import inference, metrics
+from vae_lab.evaluation.classifier import classify, load_or_train
+from vae_lab.losses import ELBO, BernoulliLikelihood, Reconstruction
+
+log = logging.getLogger("vae_lab.evaluate")
+
+
+@dataclass
+class Codes:
+    """The codes the sections share: the test split's, and the first training images' for the kNN vote."""
+
+    test: torch.Tensor  # (N_test, latent_dim): posterior means, or the autoencoder's codes
+    train: torch.Tensor  # (knn_train_images, latent_dim)
+    train_labels: torch.Tensor
+
+
+def evaluate_model(
+    model,
+    data: ImageData,
+    settings,
+    seed: int,
+    data_root: str,
+    progress: bool = True,
+    test_parts: dict | None = None,
+    likelihood=None,
+    known: dict | None = None,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Give back (every metric of a trained model on the test split, the class histograms of its samples).
+
+    Likelihoods are those of the model, whatever loss trained it: the negative ELBO for a VAE, the
+    reconstruction for a deterministic autoencoder, under the training loss's pixel likelihood
+    (Bernoulli unless given). `test_parts` (the test recon and KL that training measured last with
+    the same seed) saves evaluating them again, and `known` ({"iwae": ...}, from an earlier
+    evaluation of the same model with the same settings) the IWAE bound, the costliest section. A
+    data set of one class has no classifier to judge samples: those metrics are null.
+    """
+    started = time.perf_counter()
+    likelihood = likelihood or BernoulliLikelihood()
+    draws = torch.Generator().manual_seed(seed)
+    devices = [data.test_images.device] if data.test_images.device.type == "cuda" else []
+    classifier, accuracy = load_classifier(data, settings, data_root, progress)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        result = {"likelihood": likelihood_section(model, data, likelihood, test_parts, seed)}
+        holes = torch.Generator().manual_seed(seed)  # the held-out split and the draws of the hole estimates
+        if model.is_variational:
+            result |= posterior_sections(model, data, settings, likelihood, known or {}, holes)
+            test_codes = result.pop("test_codes")
+        else:
+            test_codes = inference.encode_means(model, data.test_images)
+            result |= code_sections(test_codes, settings, holes)
+        codes = training_codes(model, data, settings, test_codes)
+        result["separability"] = separability_section(data, settings, codes)
+        samples, histograms = sample_sections(model, data, settings, classifier, accuracy, codes, draws)
+        result |= samples
+    result["evaluation_s"] = round(time.perf_counter() - started, 2)
+    return result, histograms
+
+
+def likelihood_section(model, data: ImageData, likelihood, test_parts: dict | None, seed: int) -> dict:
+    """Give back the test split's reconstruction, KL and negative ELBO, and how far above the floor."""
+    loss = (ELBO if model.is_variational else Reconstruction)(likelihood=likelihood)
+    test = test_parts or inference.evaluate_loss(model, loss, data.test_images, 1000, seed)
+    floor = likelihood.floor_nats(data.test_images)
+    return {
+        "negative_elbo": test["recon"] + test["kl"] if model.is_variational else None,
+        "recon": test["recon"],
+        "kl": test["kl"],
+        "bce_floor": None,
+        "recon_above_floor": test["recon"] - floor,
+    } | likelihood.summary(floor)
+
+
+def posterior_sections(model, data: ImageData, settings, likelihood, known: dict, holes) -> dict:
+    """Give back a VAE's IWAE bound, its latent statistics and the prior mass in holes of its aggregate
+    posterior (and, under "test_codes", the posterior means the later sections use)."""
+    mean, log_var = inference.encode_posteriors(model, data.test_images)
+    iwae = known.get("iwae") or iwae_section(model, data, settings, likelihood)
+    mi = (
+        slice(None)
+        if settings.mi_images is None
+        else metrics.stratified_subset(data.test_labels, settings.mi_images)
+    )
+    latent = {
+        "kl_per_dim": metrics.kl_per_dimension(mean, log_var).tolist(),
+        "active_units": metrics.active_units(mean),
+    } | metrics.mutual_information_all(mean[mi], log_var[mi], generator=holes)
+    prior_holes = metrics.aggregate_posterior_holes(
+        mean, log_var, settings.hole_draws, settings.hole_draws, generator=holes
+    )
+    return {"iwae": iwae, "latent": latent, "latent_holes": {"prior": prior_holes}, "test_codes": mean}
+
+
+def iwae_section(model, data: ImageData, settings, likelihood) -> dict:
+    """Give back the IWAE bounds (Burda et al. 2016) on a stratified subset of the test split, in nats."""
+    subset = metrics.stratified_subset(data.test_labels, settings.iwae_images)
+    draws = inference.importance_draws(model, data.test_images[subset], settings.iwae_k, likelihood)
+    log_weights = metrics.importance_log_weights(draws.log_px_z, draws.z, draws.mean, draws.log_var)
+    ks = tuple(sorted({k for k in (1, 10, 100, settings.iwae_k) if k <= settings.iwae_k}))
+    bounds = metrics.iwae_bounds(log_weights, ks)
+    return {f"nll_k{k}": -bound for k, bound in bounds.items()} | {"images": len(subset)}
+
+
+def code_sections(test_codes: torch.Tensor, settings, holes) -> dict:
+    """Give back an autoencoder's active units and the prior's (and the fitted Gaussian's) mass in holes
+    of a kernel density estimate of its codes."""
+    return {
+        "latent": {"active_units": metrics.active_units(test_codes)},
+        "latent_holes": {
+            "prior": metrics.gaussian_kde_holes(test_codes, settings.hole_draws, generator=holes),
+            "fitted_gaussian": metrics.gaussian_kde_holes(
+                test_codes, settings.hole_draws, fit_reference=True, generator=holes
+            ),
+        },
+    }
+
+
+def training_codes(model, data: ImageData, settings, test_codes: torch.Tensor) -> Codes:
+    """Give back the test codes with those of the first knn_train_images training images."""
+    knn_train = slice(0, settings.knn_train_images)
+    train = inference.encode_means(model, data.train_images[knn_train])
+    return Codes(test=test_codes, train=train, train_labels=data.train_labels[knn_train])
+
+
+def separability_section(data: ImageData, settings, codes: Codes) -> dict:
+    """Give back the kNN digit accuracy from the codes, its chance level, and from a 2-d PCA of pixels."""
+    centre, axes = metrics.pixel_pca(to_float(data.train_images[:10000]).flatten(1), 2)
+    train_pixels = to_float(data.train_images[: len(codes.train)]).flatten(1)
+    return {
+        "knn_accuracy": knn_or_none(
+            codes.train, codes.train_labels, codes.test, data.test_labels, settings.knn_k
+        ),
+        "knn_chance": metrics.majority_share(data.test_labels),
+        "knn_pixels_pca2d": knn_or_none(
+            metrics.project(train_pixels, centre, axes),
+            codes.train_labels,
+            metrics.project(to_float(data.test_images).flatten(1), centre, axes),
+            data.test_labels,
+            settings.knn_k,
+        ),
+    }
+
+
+def sample_sections(model, data: ImageData, settings, classifier, accuracy, codes: Codes, draws):
+    """Give back (the samples' scores and the classifier's, the class histograms of the samples).
+
+    Samples are judged against real images: in the classifier's features (density, coverage), and in
+    pixels (is a sample as near its nearest training image as real test images are?).
+    """
+    result = {"prior_samples": None}
+    if not model.is_variational:
+        result["fitted_gaussian_samples"] = None
+    result["classifier"] = None
+    if classifier is None:
+        return result, {}
+    _, test_features = classify(classifier, data.test_images)
+    train_probabilities, train_features = classify(classifier, data.train_images[: len(data.test_images)])
+    train_pixels = to_float(data.train_images[: len(codes.train)]).flatten(1)
+    test_nearest = metrics.nearest_distances(to_float(data.test_images).flatten(1), train_pixels)
+    real_distance = metrics.real_distance_threshold(test_nearest, settings.real_quantile)
+    classes = len(data.class_names)
+    # (summary key, histogram name, codes to decode)
+    sources = [
+        ("prior_samples", "N(0, I)", torch.randn(settings.prior_samples, model.latent_dim, generator=draws))
+    ]
+    if not model.is_variational:
+        fitted = metrics.fitted_gaussian(codes.train.cpu()).sample((settings.prior_samples,))
+        sources.append(("fitted_gaussian_samples", "Gaussian fitted to training codes", fitted))
+    histograms = {}
+    for key, name, latent_codes in sources:
+        samples = inference.decode_in_batches(model, latent_codes.to(codes.train.device))
+        probabilities, features = classify(classifier, samples)
+        nearest = metrics.nearest_distances(samples.flatten(1), train_pixels)
+        result[key] = metrics.prior_sample_scores(probabilities) | {
+            "recognised_share": metrics.recognised_and_real(probabilities, nearest, real_distance),
+            **fidelity_or_none(test_features, features, data.test_labels, classes, settings.coverage_k),
+            "frechet_distance": metrics.frechet_distance(features, test_features),
+        }
+        histograms[name] = metrics.class_histogram(probabilities)
+    real = fidelity_or_none(test_features, train_features, data.test_labels, classes, settings.coverage_k)
+    result["classifier"] = {
+        "test_accuracy": accuracy,
+        "frechet_floor_train_vs_test": metrics.frechet_distance(train_features, test_features),
+        # what a perfect model would get: training images judged as samples against the test images
+        "real_data": {
+            "confident_share": metrics.prior_sample_scores(train_probabilities)["confident_share"],
+            **{key: value for key, value in real.items() if key != "coverage_per_class"},
+            "real_distance_threshold": real_distance,
+        },
+    }
+    return result, histograms
+
+
+def load_classifier(data: ImageData, settings, data_root: str, progress: bool):
+    """Give back (the classifier that judges samples, its test accuracy), or (None, None) for one class."""
+    if len(data.class_names) < 2:
+        log.warning(
+            f"the data set has {len(data.class_names)} class ({', '.join(data.class_names)}): no "
+            "classifier can judge the samples, so prior_samples and classifier are null and "
+            "class_histogram.png is not drawn"
+        )
+        return None, None
+    classifier, accuracy, _ = load_or_train(data, data_root, settings.classifier, progress)
+    return classifier, accuracy
+
+
+def fidelity_or_none(real_features, fake_features, labels, classes: int, k: int) -> dict:
+    """metrics.density_coverage and per-class coverage of samples against real images; None each (with a
+    warning) where there are no more real images than k, so no radius is defined."""
+    names = ("density", "coverage", "coverage_lowest_class", "coverage_highest_class", "coverage_per_class")
+    if len(real_features) <= k:
+        log.warning(
+            f"density and coverage: skipped, {len(real_features)} test images are not more than k={k}"
+        )
+        return dict.fromkeys(names)
+    fidelity = metrics.density_coverage(real_features, fake_features, k)
+    per_class = metrics.per_class_coverage(fidelity["covered"], labels, classes)
+    values = (fidelity["density"], fidelity["coverage"], per_class["lowest"], per_class["highest"])
+    shares = [None if math.isnan(share) else share for share in per_class["per_class"]]  # None: no image
+    return dict(zip(names, (*values, shares), strict=True))
+
+
+def knn_or_none(train_codes, train_labels, test_codes, test_labels, k: int) -> float | None:
+    """metrics.knn_accuracy, or None (with a warning) where there are fewer training codes than k."""
+    if len(train_codes) < k:
+        log.warning(f"kNN accuracy: skipped, {len(train_codes)} training images are fewer than knn_k={k}")
+        return None
+    return metrics.knn_accuracy(train_codes, train_labels, test_codes, test_labels, k)
+
+
+def one_line(result: dict) -> str:
+    """Give back the headline metrics as one readable log line."""
+    parts = []
+    if "iwae" in result:
+        k = max(int(key[len("nll_k") :]) for key in result["iwae"] if key.startswith("nll_k"))
+        parts.append(f"IWAE NLL (K={k}) {result['iwae'][f'nll_k{k}']:.2f}")
+    parts.append(f"recon above floor {result['likelihood']['recon_above_floor']:.2f}")
+    if "mutual_information" in result["latent"]:
+        parts.append(f"MI {result['latent']['mutual_information']:.2f}")
+    parts.append(f"active units {result['latent']['active_units']}")
+    if result["separability"]["knn_accuracy"] is not None:
+        parts.append(f"kNN {result['separability']['knn_accuracy']:.3f}")
+    holes = result.get("latent_holes", {}).get("prior")
+    if holes is not None:
+        parts.append(f"prior mass in holes {holes['hole_mass']:.2f}")
+    prior = result["prior_samples"]
+    if prior is not None:
+        shown = {key: "n/a" if prior[key] is None else f"{prior[key]:.2f}" for key in ("coverage", "density")}
+        parts.append(
+            f"samples recognised {prior['recognised_share']:.2f} (confident {prior['confident_share']:.2f}), "
+            f"coverage {shown['coverage']}, density {shown['density']}, FD {prior['frechet_distance']:.1f}"
+        )
+    parts.append(f"{result['evaluation_s']:.0f} s")
+    return "metrics: " + "  |  ".join(parts)
