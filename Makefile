@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,launchers,tensorboard,wandb,optuna]"
 	touch $@ $(VENV)/.installed-demo
 
-# The demo's share of the set-up: 30 s less than all of it on a fresh clone here; `make setup` adds the rest.
+# The demo's share of the set-up (the launchers, not the trackers); `make setup` adds the rest.
 $(VENV)/.installed-demo: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

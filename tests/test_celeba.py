@@ -119,7 +119,7 @@ def test_git_ignores_celeba_images_and_caches_wherever_they_sit(tmp_path):
         ["git", "check-ignore", "--no-index", *paths], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.stdout.split() == paths, result.stderr
-    kept = ["conf/data/celeba.yaml", "docs/faces/samples.png", "vae_lab/data.py"]
+    kept = ["conf/data/celeba.yaml", "docs/faces/samples.png", "vae_lab/data/celeba.py"]
     result = subprocess.run(["git", "check-ignore", "--no-index", *kept], cwd=tmp_path, capture_output=True)
     assert result.returncode == 1 and result.stdout == b""  # none of them ignored
 

@@ -95,3 +95,12 @@ def test_the_transform_is_idempotent_and_leaves_layers_it_cannot_speed_alone():
     assert [type(m) for m in mlp.modules()] == [
         type(m) for m in VAE(2, MLPEncoder(), MLPDecoder(2)).modules()
     ]
+
+
+def test_the_transform_leaves_torch_s_random_state_where_it_was():
+    """The fast layers' own initialisation is thrown away: it must not move the generator, or a run's
+    dropout masks and noise would differ from those of the same seed without the transform."""
+    model = article_vae()
+    state = torch.get_rng_state()
+    sped_up(model)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -29,7 +29,8 @@ from vae_lab.runs import load_run
 from vae_lab.training.run_folder import find_runs, flatten, read_metrics, read_summary
 
 log = logging.getLogger("vae_lab.compare")
-HIDDEN_OVERRIDES = {"data.root", "trainer.progress", "device"}  # where and how, not what, was run
+# where and how, not what, was run; the speed options (speed=..., speed.*) too
+HIDDEN_OVERRIDES = {"data.root", "trainer.progress", "device"}
 FIRST_METRICS = ["test_total", "test_recon", "test_kl"]
 # the Markdown table's columns (the CSV has every number): the likelihood, then one number per claim
 HEADLINE_METRICS = {
@@ -77,7 +78,7 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     for entry in entries or []:
         key, _, value = str(entry).partition("=")
         key = key.lstrip("+~")
-        if not key.startswith("hydra.") and key not in HIDDEN_OVERRIDES:
+        if not key.startswith(("hydra.", "speed")) and key not in HIDDEN_OVERRIDES:
             overrides[key] = value
     return overrides
 

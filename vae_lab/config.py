@@ -215,7 +215,9 @@ class MultiLoggerSchema:
 
 @dataclass
 class Config:
-    data: DataSchema = field(default_factory=DataSchema)
+    # conf/data/*.yaml: a built-in data set lists its typed schema below first in its defaults; a new one
+    # may, or may pass its loader's own arguments untyped (the loader refuses what it does not take)
+    data: Any = MISSING
     # conf/model/*.yaml: _target_ and exactly its constructor's arguments, whatever they are (a new
     # model's own included); the constructor refuses what it does not take. latent_dim is checked below.
     model: Any = MISSING

@@ -1,8 +1,13 @@
 """The loss registry: reconstruction only, KL only, and both (the ELBO).
 
 Each loss is a class picked by conf/loss/*.yaml through `_target_`, with the weights of its
-terms as constructor arguments. Every loss gives back all its parts in nats per image, so
-every run logs reconstruction and KL whatever it optimises.
+terms as constructor arguments. Every loss gives back all its parts in nats per image (LossParts), so
+every run logs reconstruction and KL whatever it optimises, and any further term a loss names.
+
+The interface a loss keeps (docs/extending.md): called as loss(output: ModelOutput, images) it gives
+back LossParts; `requires_posterior` (True where it needs the VAE's q(z|x)) lets a run refuse a
+deterministic model before training; `likelihood` (the pixel likelihood p(x|z)) is what the
+evaluation scores the model under.
 
 Convention: reconstruction is -log p(x|z) summed over pixels (and channels). p(x|z) is a likelihood
 object, also picked by `_target_` (conf/loss/likelihood/*.yaml): Bernoulli by default, BCE summed over
@@ -11,7 +16,7 @@ N(x; sigmoid(logits), variance * I). Each likelihood knows its own floor, the le
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -22,11 +27,24 @@ from vae_lab.models.autoencoder import ModelOutput
 
 @dataclass
 class LossParts:
-    """Batch means in nats per image; `kl` is None for a deterministic model (not applicable)."""
+    """What a loss gives back: batch means per image, in nats unless a term's name says otherwise.
+
+    `kl` is None for a deterministic model (not applicable). `terms` holds a loss's own further terms by
+    name (a scalar tensor each): every run logs them per epoch beside total, recon and kl, summary.json
+    keeps them under train and test, and `vae_lab.compare` tabulates them (docs/extending.md).
+    """
 
     total: torch.Tensor
     recon: torch.Tensor
     kl: Optional[torch.Tensor]
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def named(self) -> dict[str, Optional[torch.Tensor]]:
+        """Give back every part by name: total, recon, kl, then the loss's own terms."""
+        clash = self.terms.keys() & {"total", "recon", "kl"}
+        if clash:
+            raise ValueError(f"a loss's own terms cannot be named {', '.join(sorted(clash))}: rename them")
+        return {"total": self.total, "recon": self.recon, "kl": self.kl, **self.terms}
 
 
 def bce_nats_per_image(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

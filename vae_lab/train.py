@@ -192,21 +192,10 @@ def train_app(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    held_a_run = (run_dir / CHECKPOINT_FILE).exists()
     try:
-        check_config(cfg)
-        resume = cfg.trainer.resume or in_sweep  # a sweep's job goes on from its folder: how sweeps restart
-        must_exist = cfg.trainer.resume and not in_sweep
-        checkpoint = checkpoints.resume_point(cfg, run_dir, resume, must_exist)
-    except VaeLabError as error:
-        if held_a_run:  # the folder's run stays as it was: Hydra's rewritten config files are put back
-            checkpoints.put_back_hydra_files(run_dir)
-        else:
-            write_failure(run_dir, error)
-        log.error(str(error))
-        if not in_sweep:
-            raise SystemExit(1) from None
-        return
+        checkpoint = starting_point(cfg, run_dir, in_sweep)
+    except VaeLabError:
+        return None  # a job of a sweep that was refused: the sweep goes on
     finished = read_summary(run_dir).get("status") == "completed"
     if checkpoint and finished and checkpoint.epoch >= cfg.trainer.epochs:
         checkpoints.restore_hydra_files(run_dir, checkpoint.hydra_files)
@@ -220,22 +209,8 @@ def train_app(cfg: DictConfig) -> Optional[float]:
             summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop)
             late_stop = (stop.signum, stop.name) if stop.requested else None  # during evaluation
     except BaseException as error:
-        write_failure(run_dir, error)
-        if isinstance(error, RunInterrupted):
-            log.error(str(error))
-            raise SystemExit(128 + error.signum) from None  # a stop signal ends a sweep too
-        if isinstance(error, OSError):
-            error = unwritable(getattr(error, "filename", None) or run_dir, error)
-        if isinstance(error, VaeLabError):
-            log.error(str(error))
-            if not in_sweep:
-                raise SystemExit(1) from None
-        elif in_sweep and isinstance(error, Exception):
-            # one failed job must not stop the sweep: its folder keeps the error for `compare`
-            log.exception(f"job failed: {run_dir}")
-        else:
-            raise  # a bug in a single run, or Ctrl-C: the record is kept, the traceback is shown
-        return
+        handle_failure(error, run_dir, in_sweep)
+        return None
     finally:
         if launcher is not None:
             launcher.busy.clear()
@@ -251,6 +226,45 @@ def train_app(cfg: DictConfig) -> Optional[float]:
         )
         raise SystemExit(128 + late_stop[0])
     return objective_value(cfg.objective, summary)
+
+
+def starting_point(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> Optional[Checkpoint]:
+    """Give back the checkpoint the job goes on from (None: from scratch), after the checks, which touch
+    nothing. A refused single run exits with status 1; a refused job of a sweep raises its VaeLabError."""
+    held_a_run = (run_dir / CHECKPOINT_FILE).exists()
+    try:
+        check_config(cfg)
+        resume = cfg.trainer.resume or in_sweep  # a sweep's job goes on from its folder: how sweeps restart
+        must_exist = cfg.trainer.resume and not in_sweep
+        return checkpoints.resume_point(cfg, run_dir, resume, must_exist)
+    except VaeLabError as error:
+        if held_a_run:  # the folder's run stays as it was: Hydra's rewritten config files are put back
+            checkpoints.put_back_hydra_files(run_dir)
+        else:
+            write_failure(run_dir, error)
+        log.error(str(error))
+        if not in_sweep:
+            raise SystemExit(1) from None
+        raise
+
+
+def handle_failure(error: BaseException, run_dir: Path, in_sweep: bool) -> None:
+    """Keep a job's failure in its summary.json, then say it in one line, exit, or raise, as it deserves."""
+    write_failure(run_dir, error)
+    if isinstance(error, RunInterrupted):
+        log.error(str(error))
+        raise SystemExit(128 + error.signum) from None  # a stop signal ends a sweep too
+    if isinstance(error, OSError):
+        error = unwritable(getattr(error, "filename", None) or run_dir, error)
+    if isinstance(error, VaeLabError):
+        log.error(str(error))
+        if not in_sweep:
+            raise SystemExit(1) from None
+    elif in_sweep and isinstance(error, Exception):
+        # one failed job must not stop the sweep: its folder keeps the error for `compare`
+        log.exception(f"job failed: {run_dir}")
+    else:
+        raise error  # a bug in a single run, or Ctrl-C: the record is kept, the traceback is shown
 
 
 def objective_value(key: Optional[str], summary: dict[str, Any]) -> Optional[float]:

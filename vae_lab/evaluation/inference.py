@@ -23,31 +23,25 @@ def posterior_mean(model, images: torch.Tensor) -> torch.Tensor:
 def evaluate_loss(
     model, loss, images: torch.Tensor, batch_size: int, seed: int = 0
 ) -> dict[str, float | None]:
-    """Give back the split's mean total, reconstruction and KL in nats per image.
+    """Give back the split's mean total, reconstruction and KL in nats per image (None: not applicable),
+    and the loss's own terms.
 
     The VAE's single-sample estimate draws its noise from a fixed seed, so the same model
     gives the same numbers every time (load_run relies on it).
     """
     model.eval()
-    sums = {"total": 0.0, "recon": 0.0, "kl": 0.0}
-    has_kl = True
+    sums: dict[str, float | None] = {}
     devices = [images.device] if images.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for batch in in_order(len(images), batch_size):
             x = to_float(images[batch])
-            parts = loss(model(x), x)
-            weight = len(x)
-            sums["total"] += parts.total.item() * weight
-            sums["recon"] += parts.recon.item() * weight
-            if parts.kl is None:
-                has_kl = False
-            else:
-                sums["kl"] += parts.kl.item() * weight
-    result = {key: value / len(images) for key, value in sums.items()}
-    if not has_kl:
-        result["kl"] = None
-    return result
+            for name, value in loss(model(x), x).named().items():
+                if value is None or sums.get(name, 0.0) is None:
+                    sums[name] = None
+                else:
+                    sums[name] = sums.get(name, 0.0) + value.item() * len(x)
+    return {name: None if total is None else total / len(images) for name, total in sums.items()}
 
 
 @torch.no_grad()

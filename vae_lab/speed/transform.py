@@ -32,7 +32,15 @@ def speed_up(model: nn.Module, options: SpeedOptions) -> nn.Module:
 
 
 def swap_layer(sequence: nn.Sequential, index: int, options: SpeedOptions) -> None:
-    """Replace sequence[index] (and, for a fused block, its neighbours) by its faster counterpart."""
+    """Replace sequence[index] (and, for a fused block, its neighbours) by its faster counterpart.
+
+    The new layers are built under a forked random state: their own initialisation, thrown away for
+    the old layer's tensors, must not move torch's generator (the run's numbers would change)."""
+    with torch.random.fork_rng(devices=[]):
+        _swap_layer(sequence, index, options)
+
+
+def _swap_layer(sequence: nn.Sequential, index: int, options: SpeedOptions) -> None:
     layer = sequence[index]
     following = list(sequence)[index + 1 : index + 3]
     if options.fused_blocks and options.fast_dropout and _is_fusable_block(layer, following):

@@ -17,8 +17,13 @@ def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
     except InstantiationException as error:
         if isinstance(error.__cause__, VaeLabError):
             raise error.__cause__ from None  # a loader's DataError or ConfigError says it best
-        message = str(error).splitlines()[0]
-        raise ConfigError(f"{key} could not be built from its config: {message}") from error
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        cause = f" {type(error.__cause__).__name__}: {error.__cause__}" if error.__cause__ is not None else ""
+        message = f"{lines[0]}{cause}" if cause else " ".join(lines[:2])
+        raise ConfigError(
+            f"{key} could not be built from its config: {message}. Its YAML's keys are passed to the "
+            "constructor that _target_ names: give only the arguments it takes (docs/extending.md)."
+        ) from error
 
 
 def build(cfg: DictConfig, device: torch.device):

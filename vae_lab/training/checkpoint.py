@@ -34,6 +34,7 @@ class EpochPosition:
     step: int = 0  # batches done
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # (total, recon, kl) x images so far
     has_kl: bool = False
+    term_sums: dict[str, float] = field(default_factory=dict)  # a loss's own terms x images so far
     train_s: float = 0.0  # training time spent on this epoch so far
 
 

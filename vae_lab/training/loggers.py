@@ -98,7 +98,7 @@ def _key(override: str) -> str:
 
 
 def _operational(key: str) -> bool:
-    return key in OPERATIONAL_KEYS or key.split("/")[0].split(".")[0] in ("logger", "hydra")
+    return key in OPERATIONAL_KEYS or key.split("/")[0].split(".")[0] in ("logger", "hydra", "speed")
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

@@ -91,7 +91,8 @@ def train_epoch(
     progress: bool = False,
     desc: str = "",
 ) -> Optional[dict[str, Optional[float]]]:
-    """Run one pass over the training images; give back mean total, recon and KL in nats per image.
+    """Run one pass over the training images; give back mean total, recon, KL (and the loss's own
+    terms) in nats per image.
 
     From `position` on, where given (it is updated step by step). Where `stop` is requested before
     the last batch, give back None: `position` then says where to go on.
@@ -103,22 +104,10 @@ def train_epoch(
     generator.set_state(position.order_rng)  # the same permutation when an epoch is taken up again
     batches = shuffled_batches(len(images), batch_size, generator, images.device)
     num_batches = -(-len(images) // batch_size)
-    # nats x images so far, kept on the device: no sync per step
-    sums = {
-        name: torch.tensor(value, device=images.device)
-        for name, value in zip(PARTS, position.sums, strict=True)
-    }
+    sums = PartSums(position, images.device)
     started = time.perf_counter()
-    remaining = itertools.islice(batches, position.step, None)
-    # a bar on a terminal (disable=None: tqdm shows it only there); elsewhere (progress off, a log
-    # file, jobs that share one terminal) a log line at each quarter of the epoch
-    bar = tqdm(
-        remaining,
-        total=num_batches,
-        initial=position.step,
-        desc=desc,
-        leave=False,
-        disable=None if progress else True,
+    bar = progress_bar(
+        itertools.islice(batches, position.step, None), num_batches, position.step, desc, progress
     )
     quarters = {num_batches * quarter // 4 for quarter in (1, 2, 3)} if bar.disable else set()
     for indices in bar:
@@ -128,25 +117,55 @@ def train_epoch(
                 f"the training loss became {parts.total.item()} at epoch {position.epoch}, step "
                 f"{position.step + 1} of {num_batches}: training stopped. Try a smaller optimizer.lr."
             )
-        position.has_kl = parts.kl is not None
-        kl = parts.kl.detach() if position.has_kl else torch.zeros((), device=images.device)
-        for name, value in zip(PARTS, (parts.total.detach(), parts.recon.detach(), kl), strict=True):
-            sums[name] += value * len(indices)
+        sums.add(parts, len(indices))
         position.step += 1
         if position.step in quarters:
             seconds = position.train_s + time.perf_counter() - started
             log.info(f"{desc or 'epoch'}: step {position.step}/{num_batches}, {seconds:.0f} s")
         if stop is not None and stop.requested and position.step < num_batches:
             break
-    position.sums = [sums[name].item() for name in PARTS]
+    sums.keep_in(position)
     position.train_s += time.perf_counter() - started
     if position.step < num_batches:
         return None
-    means = {name: (sums[name] / len(images)).item() for name in PARTS}
-    return means | {"kl": means["kl"] if position.has_kl else None}
+    return sums.means(len(images), position.has_kl)
+
+
+def progress_bar(batches, total: int, initial: int, desc: str, progress: bool) -> tqdm:
+    """A bar on a terminal (disable=None: tqdm shows it only there); elsewhere (progress off, a log
+    file, jobs that share one terminal) a disabled one: the epoch then logs a line at each quarter."""
+    return tqdm(
+        batches, total=total, initial=initial, desc=desc, leave=False, disable=None if progress else True
+    )
 
 
 PARTS = ("total", "recon", "kl")  # the order of EpochPosition.sums in a checkpoint
+
+
+class PartSums:
+    """The epoch's running sums of each part x images, kept on the device (no sync per step), from an
+    EpochPosition's and back into it."""
+
+    def __init__(self, position: EpochPosition, device: torch.device):
+        self.position, self.device = position, device
+        saved = dict(zip(PARTS, position.sums, strict=True)) | position.term_sums
+        self.sums = {name: torch.tensor(value, device=device) for name, value in saved.items()}
+
+    def add(self, parts: LossParts, count: int) -> None:
+        self.position.has_kl = parts.kl is not None
+        for name, value in parts.named().items():
+            value = value.detach() if value is not None else torch.zeros((), device=self.device)
+            if name not in self.sums:  # a loss's own term, first seen
+                self.sums[name] = torch.zeros((), device=self.device)
+            self.sums[name] += value * count
+
+    def keep_in(self, position: EpochPosition) -> None:
+        position.sums = [self.sums[name].item() for name in PARTS]
+        position.term_sums = {name: sum_.item() for name, sum_ in self.sums.items() if name not in PARTS}
+
+    def means(self, images: int, has_kl: bool) -> dict[str, Optional[float]]:
+        means = {name: (sum_ / images).item() for name, sum_ in self.sums.items()}
+        return means | {"kl": means["kl"] if has_kl else None}
 
 
 @dataclass
@@ -187,22 +206,7 @@ def fit(
         write_metrics(run_dir, history)  # drops a line written after the checkpoint, before a kill
 
     def save(position: Optional[EpochPosition]) -> None:
-        checkpoints.save(
-            run_dir,
-            Checkpoint(
-                model=step.model.state_dict(),
-                optimizer=step.optimizer.state_dict(),
-                epoch=len(history),
-                history=history,
-                torch_rng=torch.get_rng_state(),
-                cuda_rng=checkpoints.cuda_rng_states(),
-                order_rng=generator.get_state(),
-                config=settings.resume_config,
-                hydra_files=settings.hydra_files,
-                position=position,
-                speed=settings.speed,
-            ),
-        )
+        checkpoints.save(run_dir, checkpoint_of(step, history, generator, settings, position))
 
     for epoch in range(len(history) + 1, settings.epochs + 1):
         if position is None:
@@ -232,6 +236,29 @@ def fit(
     return history[-1]
 
 
+def checkpoint_of(
+    step: TrainStep,
+    history: list[dict[str, Any]],
+    generator: torch.Generator,
+    settings: FitSettings,
+    position: Optional[EpochPosition],
+) -> Checkpoint:
+    """Give back the run's checkpoint now: weights, optimiser, every random state, history, place."""
+    return Checkpoint(
+        model=step.model.state_dict(),
+        optimizer=step.optimizer.state_dict(),
+        epoch=len(history),
+        history=history,
+        torch_rng=torch.get_rng_state(),
+        cuda_rng=checkpoints.cuda_rng_states(),
+        order_rng=generator.get_state(),
+        config=settings.resume_config,
+        hydra_files=settings.hydra_files,
+        position=position,
+        speed=settings.speed,
+    )
+
+
 def epoch_record(
     epoch: int, train: dict, test: dict, position: EpochPosition, eval_s: float, images: int
 ) -> dict:
@@ -247,9 +274,10 @@ def epoch_record(
 
 
 def format_parts(numbers: dict[str, Optional[float]]) -> str:
-    """Give back 'total T  recon R  kl K' of a loss record (kl n/a for a deterministic model)."""
-    kl = "n/a" if numbers["kl"] is None else f"{numbers['kl']:.2f}"
-    return f"total {numbers['total']:.2f}  recon {numbers['recon']:.2f}  kl {kl}"
+    """Give back 'total T  recon R  kl K' of a loss record (kl n/a for a deterministic model), then the
+    loss's own terms."""
+    shown = {name: "n/a" if value is None else f"{value:.2f}" for name, value in numbers.items()}
+    return "  ".join(f"{name} {value}" for name, value in shown.items())
 
 
 def stop_now(stop: StopSignals, run_dir: Path, where: str) -> None:
