@@ -51,13 +51,17 @@ def inputs(seed: int = 0):
 
 
 def rows() -> list[tuple[str, str, str, str, str]]:
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import KNeighborsClassifier
+    """Give back one table row per metric: vae_lab's number and the library's, and their seconds."""
+    real, fake, logits, codes, labels = inputs()
+    return sample_rows(real, fake, logits) + code_rows(real, fake, codes, labels)
+
+
+def sample_rows(real, fake, logits) -> list[tuple[str, str, str, str, str]]:
+    """The Frechet distance, KID and inception score, beside torchmetrics'."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    real, fake, logits, codes, labels = inputs()
     table = []
 
     ours, our_s = timed(lambda: metrics.frechet_distance(real, fake))
@@ -92,7 +96,16 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     table.append(
         ("inception score (1 split)", f"{ours:.6f}", f"{theirs:.6f}", f"{our_s:.3f}", f"{their_s:.3f}")
     )
+    return table
 
+
+def code_rows(real, fake, codes, labels) -> list[tuple[str, str, str, str, str]]:
+    """kNN accuracy and PCA beside scikit-learn's; density and coverage beside prdc's."""
+    import prdc
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import KNeighborsClassifier
+
+    table = []
     train, test = slice(0, 10000), slice(10000, None)
     ours, our_s = timed(
         lambda: metrics.knn_accuracy(codes[train], labels[train], codes[test], labels[test], 5)
@@ -118,8 +131,6 @@ def rows() -> list[tuple[str, str, str, str, str]]:
             f"{their_s:.3f}",
         )
     )
-
-    import prdc
 
     ours, our_s = timed(lambda: metrics.density_coverage(real, fake, k=5))
     theirs, their_s = timed(lambda: prdc.compute_prdc(real.numpy(), fake.numpy(), nearest_k=5))

@@ -342,7 +342,7 @@ def test_checkpoints_load_weights_only_so_no_code_runs_from_them(tmp_path):
 
 
 def test_a_checkpoint_written_before_the_format_was_versioned_still_loads(tmp_path):
-    """Format 1: the plain dict earlier versions saved, its loss config naming the likelihood."""
+    """Format 1: the unversioned checkpoint format's plain dict, its loss config naming the likelihood."""
     from vae_lab.training.checkpoint import FORMAT_VERSION
 
     old_loss = {"_target_": "vae_lab.losses.ELBO", "recon_weight": 1.0, "kl_weight": 1.0}

@@ -316,24 +316,7 @@ def run_benchmark(
         )
         for name, overrides in specs.items()
     }
-    try:
-        for variant in variants.values():
-            variant.answer()  # ready: built, data loaded
-        say(f"{len(variants)} variants built, each in a process of its own; warming up")
-        warmup_s = {name: v.ask(f"steps {warmup_steps}")["seconds"] for name, v in variants.items()}
-        speeds: dict[str, list[float]] = {name: [] for name in variants}
-        for round_number in range(1, rounds + 1):
-            for name, variant in variants.items():  # one at a time: the others wait on their stdin
-                window = variant.ask(f"steps {window_steps}")
-                speeds[name].append(window["images"] / window["seconds"])
-            say(
-                f"round {round_number}/{rounds}: plain {speeds['plain'][-1]:.0f} img/s, "
-                f"vae_lab {speeds['vae_lab'][-1]:.0f} img/s"
-            )
-        peak_rss = {name: v.ask("memory")["peak_rss_mib"] for name, v in variants.items()}
-    finally:
-        for variant in variants.values():
-            variant.close()
+    warmup_s, speeds, peak_rss = measure_in_turns(variants, warmup_steps, window_steps, rounds)
     from vae_lab.speed import plain_vae
 
     flops = flops_per_image(plain_vae, batch_size, torch_device)
@@ -364,6 +347,30 @@ def run_benchmark(
         "variants": results,
         "ratio": results["vae_lab"]["ratio_to_plain"],
     }
+
+
+def measure_in_turns(variants: dict, warmup_steps: int, window_steps: int, rounds: int):
+    """Give back (each variant's warm-up seconds, its images/s in each window, its peak RSS in MiB): the
+    variants warm up, then take turns, one window each per round, and are closed at the end."""
+    try:
+        for variant in variants.values():
+            variant.answer()  # ready: built, data loaded
+        say(f"{len(variants)} variants built, each in a process of its own; warming up")
+        warmup_s = {name: v.ask(f"steps {warmup_steps}")["seconds"] for name, v in variants.items()}
+        speeds: dict[str, list[float]] = {name: [] for name in variants}
+        for round_number in range(1, rounds + 1):
+            for name, variant in variants.items():  # one at a time: the others wait on their stdin
+                window = variant.ask(f"steps {window_steps}")
+                speeds[name].append(window["images"] / window["seconds"])
+            say(
+                f"round {round_number}/{rounds}: plain {speeds['plain'][-1]:.0f} img/s, "
+                f"vae_lab {speeds['vae_lab'][-1]:.0f} img/s"
+            )
+        peak_rss = {name: v.ask("memory")["peak_rss_mib"] for name, v in variants.items()}
+    finally:
+        for variant in variants.values():
+            variant.close()
+    return warmup_s, speeds, peak_rss
 
 
 def format_table(report: dict) -> str:
@@ -421,6 +428,25 @@ def option_verdicts(variants: dict) -> list[str]:
     return lines
 
 
+def profile_command(args: argparse.Namespace) -> int:
+    """`--profile STEPS`: print where the default path's step spends its time; give back the exit status."""
+    if args.profile < 1:
+        print(f"python -m vae_lab.bench: --profile {args.profile}: give 1 or more steps", file=sys.stderr)
+        return 1
+    try:
+        print(profile_default_path(args.data_root, args.device, args.profile, args.batch_size))
+    except VaeLabError as error:
+        print(f"python -m vae_lab.bench: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # e.g. no MNIST under --data-root: one line, as a variant's worker says it
+        print(
+            f"python -m vae_lab.bench: {type(error).__name__}: {' '.join(str(error).split())}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vae_lab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data")
@@ -448,21 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         startup_probe(args.data_root, args.device)
         return 0
     if args.profile is not None:
-        if args.profile < 1:
-            print(f"python -m vae_lab.bench: --profile {args.profile}: give 1 or more steps", file=sys.stderr)
-            return 1
-        try:
-            print(profile_default_path(args.data_root, args.device, args.profile, args.batch_size))
-        except VaeLabError as error:
-            print(f"python -m vae_lab.bench: {error}", file=sys.stderr)
-            return 1
-        except Exception as error:  # e.g. no MNIST under --data-root: one line, as a variant's worker says it
-            print(
-                f"python -m vae_lab.bench: {type(error).__name__}: {' '.join(str(error).split())}",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
+        return profile_command(args)
     try:
         report = run_benchmark(
             args.data_root,

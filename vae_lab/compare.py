@@ -259,7 +259,10 @@ def _test_data(run, data_root: str | None, cache: dict):
 
 
 def draw_comparisons(rows: list[RunRow], out: Path, data_root: str | None, device: str) -> list[Path]:
-    """Draw the side-by-side figures of the completed runs; give back the files written."""
+    """Draw the side-by-side figures of the completed runs; give back the files written.
+
+    Longer than a screen: one short block per comparison figure, in the order they are listed.
+    """
     completed = [row for row in rows if row.status == "completed"]
     keys = varying_keys(rows)
     written: list[Path] = []

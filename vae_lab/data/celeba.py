@@ -42,6 +42,7 @@ def load_celeba(
     Labels are 0/1 for the attribute (`Smiling`, `Male`, ... any column of list_attr_celeba.txt).
     Training uses the official train partition (its first `limit` faces present), every test number
     the official test partition.
+    Longer than a screen: the checks of the folder come first, each with its own message.
     """
     datasets = torchvision_datasets()
     root_path = resolve_root(root)

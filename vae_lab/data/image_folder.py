@@ -31,6 +31,7 @@ def load_image_folder(
     once: the uint8 tensors are cached under <root>/image_folder_cache/, keyed by the folder, the
     sizes and every file's name, size and time. Labels are the sub-folders, in sorted order. A fixed
     share of each class (at least one image where a class has two) forms the test split.
+    Longer than a screen: the checks of the folder come first, each with its own message.
     """
     if not path:
         raise DataError(

@@ -105,7 +105,7 @@ def train_classifier(
     and its test accuracy. Each epoch ends with a log line (its mean loss and seconds), so that a
     run without progress bars shows how far it is. As training's steps do, it works in channels_last
     (NHWC: on a 2-core CPU a step in batches of 128 took 38 against 50 ms contiguous, and classifying
-    10,000 images 1.5 to 2.0 against 3.8 to 4.0 s) and keeps its freed memory (vae_lab/memory.py),
+    10,000 images 1.5 to 2.0 against 3.8 to 4.0 s) and keeps its freed memory (vae_lab/speed/memory.py),
     which it hands back at the end."""
     memory.keep_freed_memory()
     torch.manual_seed(seed)

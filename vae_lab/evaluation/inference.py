@@ -1,7 +1,8 @@
 """A trained model run over many images in batches: losses, codes, decodings and importance draws.
 
 Every function here is under torch.no_grad and puts the model in eval mode; images come in as the
-data sets keep them (uint8), results go out as tensors for vae_lab/metrics.py and vae_lab/plots.py.
+data sets keep them (uint8), results go out as tensors for vae_lab/evaluation/metrics.py and
+vae_lab/figures/plots.py.
 """
 
 from dataclasses import dataclass

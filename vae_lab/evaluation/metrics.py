@@ -487,7 +487,8 @@ def aggregate_posterior_holes(
     - hole_level: the log q_B level used; prior_draws, posterior_draws, density_components (|B|): the
       counts.
 
-    Cost: matrices of chunk x N/2 (and chunk x N for the upper bound), float64.
+    Cost: matrices of chunk x N/2 (and chunk x N for the upper bound), float64. (Longer than a screen for
+    this docstring alone: it is where the estimator and its limits are defined.)
     """
     mean, log_var = mean.double().cpu(), log_var.double().cpu()
     dims = mean.shape[1]
@@ -510,23 +511,37 @@ def aggregate_posterior_holes(
         bootstrap,
     )
     result["bandwidth"] = bandwidth.tolist()
+    reference = (reference_mean, reference_cholesky)
+    result |= _in_sample_upper_bounds(
+        mean, log_var, reference, prior_draws, posterior_draws, quantile, generator, chunk
+    )
+    gap_se = math.hypot(result["kl_q_p_se"], result["kl_q_p_upper_se"])
+    result["kl_reliable"] = result["kl_q_p_upper"] - result["kl_q_p"] <= kl_tolerance + 2 * gap_se
+    return result
+
+
+def _in_sample_upper_bounds(
+    mean, log_var, reference, prior_draws, posterior_draws, quantile, generator, chunk
+):
+    """Give back hole_mass_upper and kl_q_p_upper (with its standard error): the plain in-sample estimates
+    of `aggregate_posterior_holes`, from the mixture of all N posteriors, unwidened."""
+    reference_mean, reference_cholesky = reference
     in_sample_draws = _draws_from_mixture(mean, log_var, posterior_draws, generator)
     log_q_in_sample = _mixture_log_density(in_sample_draws, mean, log_var, chunk)
     in_sample = log_q_in_sample - _gaussian_log_density_full(
         in_sample_draws, reference_mean, reference_cholesky
     )
-    p_draws = reference_mean + torch.randn(prior_draws, dims, generator=generator, dtype=torch.float64) @ (
-        reference_cholesky.T
-    )
+    noise = torch.randn(prior_draws, mean.shape[1], generator=generator, dtype=torch.float64)
+    p_draws = reference_mean + noise @ reference_cholesky.T
     level = torch.quantile(log_q_in_sample, quantile)
-    result["hole_mass_upper"] = (
-        (_mixture_log_density(p_draws, mean, log_var, chunk) < level).double().mean().item()
-    )
-    result["kl_q_p_upper"] = in_sample.mean().item()
-    result["kl_q_p_upper_se"] = _standard_error(in_sample)
-    gap_se = math.hypot(result["kl_q_p_se"], result["kl_q_p_upper_se"])
-    result["kl_reliable"] = result["kl_q_p_upper"] - result["kl_q_p"] <= kl_tolerance + 2 * gap_se
-    return result
+    return {
+        "hole_mass_upper": (_mixture_log_density(p_draws, mean, log_var, chunk) < level)
+        .double()
+        .mean()
+        .item(),
+        "kl_q_p_upper": in_sample.mean().item(),
+        "kl_q_p_upper_se": _standard_error(in_sample),
+    }
 
 
 def gaussian_kde_holes(
@@ -561,6 +576,7 @@ def gaussian_kde_holes(
       the estimate's noise). No upper bound is given: codes may lie on a lower-dimensional set, where
       KL(q || p) is infinite.
     Keys as `aggregate_posterior_holes` less kl_q_p_upper / kl_reliable, plus "bandwidth" (D,).
+    (Longer than a screen for this docstring: it is where the estimator is defined.)
     """
     codes = codes.flatten(1).double().cpu()
     dims = codes.shape[1]

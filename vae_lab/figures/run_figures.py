@@ -1,6 +1,6 @@
 """The figures a run gets, decided here once: training, `vae-lab-evaluate` and `compare` all call it.
 
-Each figure is drawn by a pure function of vae_lab/plots.py; this module computes their tensors.
+Each figure is drawn by a pure function of vae_lab/figures/plots.py; this module computes their tensors.
 """
 
 from dataclasses import dataclass
@@ -56,6 +56,7 @@ def draw_run_figures(
     An evaluated run also: interpolations, latent traversals (above 2-d), the class histograms of
     its samples (`histograms`, from the evaluation, where a classifier judged them), and for data of
     two classes (an attribute) the attribute vector added to test images.
+    Longer than a screen: one short block per figure, in the order summary.json lists them.
     """
     name = type(model).__name__
     tensors = figure_tensors(model, data, seed)

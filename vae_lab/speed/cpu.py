@@ -1,6 +1,6 @@
 """What this machine's CPU offers the speed options: its name and whether it computes bf16 natively.
 
-bf16 autocast (`trainer.precision=bf16`) is faster than fp32 only on CPUs with native bf16 arithmetic
+bf16 autocast (`speed.precision=bf16`) is faster than fp32 only on CPUs with native bf16 arithmetic
 (AMX-BF16 or AVX512-BF16, which oneDNN's kernels use); elsewhere oneDNN converts to and from fp32 and
 it is slower (docs/speed.md, "Which options pay on which CPU").
 """

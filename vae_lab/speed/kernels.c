@@ -2,7 +2,7 @@
    ReLU, BatchNorm (training) and fast dropout of one encoder block, one pass over memory each way;
    and the decoder's last layer, a 3x3 convolution from many channels to one (one_channel_conv).
 
-   vae_lab/models/native.py compiles this file at first use and vae_lab/models/layers.py
+   vae_lab/speed/kernels.py compiles this file at first use and vae_lab/speed/layers.py
    (ReluBatchNormDropout, OneChannelConvTranspose2d) calls it. Every tensor of many channels is n
    rows of c channels: a channels_last (NHWC) float32 batch, n = batch * height * width. For the
    encoder blocks, y is the convolution's output before the ReLU; the dropout integers r are the
@@ -229,7 +229,7 @@ void one_channel_conv_taps_grad(const float *restrict grad, const float *restric
 
 /* words[i] = SplitMix64's (i + 1)-th output from `seed`: uniform 64-bit words, each computed from its
    index alone, so the threads fill their shares at once (torch's CPU generator draws one word after
-   another on one thread). vae_lab/models/layers.py (counter_words) computes the same words with
+   another on one thread). vae_lab/speed/layers.py (counter_words) computes the same words with
    torch operations where this library is not at hand. */
 void counter_words(uint64_t *words, int64_t count, uint64_t seed, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)

@@ -1,4 +1,4 @@
-"""The C kernels of vae_lab/models/kernels.c, compiled at first use and loaded with ctypes.
+"""The C kernels of vae_lab/speed/kernels.c, compiled at first use and loaded with ctypes.
 
 The shared library is built once per machine with the system's C compiler (`$CC`, else `cc`) and
 kept in `$VAE_LAB_CACHE` (default `~/.cache/vae_lab`), named by a hash of the source, the compiler

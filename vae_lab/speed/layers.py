@@ -48,7 +48,7 @@ _GAMMA, _MIX_1, _MIX_2 = (v - 2**64 for v in (0x9E3779B97F4A7C15, 0xBF58476D1CE4
 
 def counter_words(seed: int, count: int, device: torch.device) -> torch.Tensor:
     """SplitMix64's first `count` outputs from `seed` with torch operations: the words of the C kernel
-    counter_words (vae_lab/models/kernels.c), bit for bit (tested); int64 products wrap as uint64 ones."""
+    counter_words (vae_lab/speed/kernels.c), bit for bit (tested); int64 products wrap as uint64 ones."""
 
     def shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:  # logical: torch's >> keeps the sign
         return (z >> bits) & ((1 << (64 - bits)) - 1)
@@ -124,7 +124,7 @@ class FastConvTranspose2d(nn.ConvTranspose2d):
 
 class OneChannelConvTranspose2d(FastConvTranspose2d):
     """The decoder's last layer, a 3x3 transposed convolution from many channels to one (stride 1,
-    padding 1): on a CPU, as C kernels (vae_lab/models/kernels.c, one_channel_conv).
+    padding 1): on a CPU, as C kernels (vae_lab/speed/kernels.c, one_channel_conv).
 
     oneDNN, behind torch's convolutions on CPU, is slow where one side has a single channel: this
     layer does 1.5% of the article's VAE step's arithmetic and took several percent of its time. A
@@ -197,7 +197,7 @@ class ReluBatchNormDropout(nn.BatchNorm2d):
     """ReLU, then BatchNorm2d, then FastDropout(p): one encoder block's three layers as one.
 
     In training on a CPU, with a channels_last float32 batch, the three run as C kernels
-    (vae_lab/models/kernels.c) that read the convolution's output once for BatchNorm's
+    (vae_lab/speed/kernels.c) that read the convolution's output once for BatchNorm's
     statistics and once more to write the block's output, and whose backward reads it twice and
     writes one gradient: the three layers apart read and write such tensors about a dozen times a
     step. Elsewhere (evaluation, a GPU, NCHW, bf16 autocast, torch.compile, no C compiler) it runs the three
