@@ -23,8 +23,9 @@ from tests.conftest import (
     write_image_folder,
 )
 from vae_lab.config import check_config, register_schemas, upgrade_legacy_loss, upgrade_legacy_overrides
-from vae_lab.data import decoding as data_module
-from vae_lab.data import load_celeba, load_fashion_mnist, load_image_folder
+from vae_lab.data import celeba as celeba_module
+from vae_lab.data import decoding, load_celeba, load_fashion_mnist, load_image_folder
+from vae_lab.data import image_folder as image_folder_module
 from vae_lab.errors import ConfigError, DataError
 from vae_lab.evaluate import evaluate_folder
 from vae_lab.figures import plots
@@ -81,8 +82,8 @@ def test_celeba_cache_is_read_back_and_rebuilt_for_another_size(celeba_root, mon
     caches = sorted(p.name for p in (celeba_root / "celeba" / "vae_lab_cache").iterdir())
     assert caches == ["test_crop148_64px.pt", "train_crop148_64px.pt"]
     decoded = []
-    original = data_module.decode_images
-    monkeypatch.setattr(data_module, "decode_images", lambda *a: decoded.append(a) or original(*a))
+    original = decoding.decode_images
+    monkeypatch.setattr(celeba_module, "decode_images", lambda *a: decoded.append(a) or original(*a))
     second = load_celeba(str(celeba_root), download=False)
     assert decoded == [] and torch.equal(first.train_images, second.train_images)
     smaller = load_celeba(str(celeba_root), download=False, image_size=32, crop_size=120)
@@ -137,8 +138,8 @@ def test_an_image_folder_cache_follows_its_files(tmp_path, monkeypatch):
     root = str(tmp_path / "data")
     load_image_folder(str(folder), root=root, image_size=16)
     decoded = []
-    original = data_module.decode_images
-    monkeypatch.setattr(data_module, "decode_images", lambda *a: decoded.append(a) or original(*a))
+    original = decoding.decode_images
+    monkeypatch.setattr(image_folder_module, "decode_images", lambda *a: decoded.append(a) or original(*a))
     load_image_folder(str(folder), root=root, image_size=16)
     assert decoded == []
     (folder / "b" / "000.png").unlink()
