@@ -9,7 +9,6 @@ read back through `load_run`.
 
 import argparse
 import csv
-import json
 import logging
 import math
 import statistics
@@ -18,19 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-from hydra.utils import instantiate
-
 from vae_lab.errors import VaeLabError
-from vae_lab.figures import plots
-from vae_lab.figures.run_figures import figure_tensors
-from vae_lab.runs import load_run
-from vae_lab.training.run_folder import find_runs, flatten, read_metrics, read_summary
+from vae_lab.figures.comparison_figures import draw_comparisons
+from vae_lab.labels import common_values, distinguishing_keys, label, run_settings, varying_keys
+from vae_lab.training.run_folder import find_runs, flatten, read_summary
 
 log = logging.getLogger("vae_lab.compare")
-# where and how, not what, was run; the speed options (speed=..., speed.*) too
-HIDDEN_OVERRIDES = {"data.root", "trainer.progress", "device"}
 FIRST_METRICS = ["test_total", "test_recon", "test_kl"]
 # the Markdown table's columns (the CSV has every number): the likelihood, then one number per claim
 HEADLINE_METRICS = {
@@ -63,24 +55,12 @@ class RunRow:
     """One run as the table shows it."""
 
     path: Path
-    name: str
-    overrides: dict[str, str]
+    name: str  # its folder, relative to the first folder compared
+    settings: dict[str, str]  # vae_lab/labels.py: choices, overrides and config values, less where and how
+    stated: dict[str, str]  # its choices and overrides alone
     status: str
     error: str
     metrics: dict[str, float | None]
-
-
-def read_overrides(run_dir: Path) -> dict[str, str]:
-    """Give back the run's command-line and sweep overrides as {key: value}, Hydra's own left out."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    entries = yaml.safe_load(path.read_text()) if path.exists() else []
-    overrides = {}
-    for entry in entries or []:
-        key, _, value = str(entry).partition("=")
-        key = key.lstrip("+~")
-        if not key.startswith(("hydra.", "speed")) and key not in HIDDEN_OVERRIDES:
-            overrides[key] = value
-    return overrides
 
 
 def flatten_numbers(data: dict[str, Any]) -> dict[str, float | None]:
@@ -103,18 +83,18 @@ def read_row(run_dir: Path, base: Path) -> RunRow:
         name = str(run_dir.relative_to(base)) if run_dir != base else run_dir.name
     except ValueError:
         name = str(run_dir)
-    return RunRow(run_dir, name, read_overrides(run_dir), status, error, metrics)
+    settings, stated = run_settings(run_dir), run_settings(run_dir, config_values=False)
+    return RunRow(run_dir, name, settings, stated, status, error, metrics)
 
 
-def varying_keys(rows: list[RunRow]) -> list[str]:
-    keys = sorted({key for row in rows for key in row.overrides})
-    return [key for key in keys if len({row.overrides.get(key, "") for row in rows}) > 1]
+def naming_keys(rows: list[RunRow]) -> list[str]:
+    """The fewest keys whose values tell the runs apart (vae_lab/labels.py)."""
+    return distinguishing_keys([row.settings for row in rows])
 
 
-def label(row: RunRow, keys: list[str]) -> str:
-    """Name a run by the overrides that tell it apart from the others."""
-    parts = [f"{key}={row.overrides[key]}" for key in keys if key in row.overrides]
-    return ", ".join(parts) or row.name
+def row_label(row: RunRow, keys: list[str]) -> str:
+    """Name a run by the values of the keys that tell it apart from the others."""
+    return label(row.settings, keys) or row.name
 
 
 def _metric_columns(rows: list[RunRow]) -> list[str]:
@@ -137,15 +117,16 @@ def _cell(value: Any) -> str:
 
 
 def table(rows: list[RunRow]) -> tuple[list[str], list[list[Any]]]:
-    """Give back (header, rows): run, status, every override, every metric, error."""
-    override_keys = sorted({key for row in rows for key in row.overrides})
+    """Give back (header, rows): run, status, every setting that is not the same in all runs, every
+    metric, error. A setting common to all runs is no column: comparison.md states it above the table."""
+    setting_keys = varying_keys([row.settings for row in rows])
     metric_keys = _metric_columns(rows)
-    header = ["run", "status", *override_keys, *metric_keys, "error"]
+    header = ["run", "status", *setting_keys, *metric_keys, "error"]
     body = [
         [
             row.name,
             row.status,
-            *(row.overrides.get(k, "") for k in override_keys),
+            *(row.settings.get(k, "") for k in setting_keys),
             *(row.metrics.get(k, "") for k in metric_keys),
             row.error,
         ]
@@ -154,25 +135,37 @@ def table(rows: list[RunRow]) -> tuple[list[str], list[list[Any]]]:
     return header, body
 
 
-def headline(header: list[str], body: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Give back the table's run, status, override and headline-metric columns, and the error."""
-    keep = [
-        i
-        for i, name in enumerate(header)
-        if not name.startswith(
-            ("test_", "train_", "metrics_", "epochs", "wall_time", "threads", "peak_memory", "resumed_after")
-        )
+def headline_table(rows: list[RunRow]) -> tuple[list[str], list[list[Any]], str]:
+    """Give back the Markdown table (a run per line, named by the keys that tell it apart, its status,
+    the headline metrics, the error where there is one) and a sentence naming the headline numbers that
+    are the same for every run, which get no column."""
+    keys = naming_keys(rows)
+    metrics = [key for key in HEADLINE_METRICS if any(row.metrics.get(key) is not None for row in rows)]
+    same = [
+        key for key in metrics if len(rows) > 1 and len({_cell(row.metrics.get(key)) for row in rows}) == 1
     ]
-    keep += [header.index(key) for key in HEADLINE_METRICS if key in header]
-    keep = sorted(
-        set(keep),
-        key=lambda i: (
-            header[i] == "error",
-            i if header[i] not in HEADLINE_METRICS else 1000 + list(HEADLINE_METRICS).index(header[i]),
-        ),
-    )
-    names = [HEADLINE_METRICS.get(header[i], header[i]) for i in keep]
-    return names, [[line[i] for i in keep] for line in body]
+    metrics = [key for key in metrics if key not in same]
+    errors = any(row.error for row in rows)
+    header = ["run", "status", *(HEADLINE_METRICS[key] for key in metrics), *(["error"] if errors else [])]
+    body = [
+        [
+            row_label(row, keys),
+            row.status,
+            *(row.metrics.get(k, "") for k in metrics),
+            *([row.error] if errors else []),
+        ]
+        for row in rows
+    ]
+    sentence = ", ".join(f"{HEADLINE_METRICS[key]} {_cell(rows[0].metrics.get(key))}" for key in same)
+    return header, body, (f"The same for every run: {sentence}.\n" if sentence else "")
+
+
+def common_line(rows: list[RunRow]) -> str:
+    """Give back the sentence stating the choices and overrides every run shares, or ""."""
+    common = common_values([row.stated for row in rows])
+    if not common or len(rows) < 2:
+        return ""
+    return "Common to all runs: " + ", ".join(f"{key}={value}" for key, value in common.items()) + ".\n"
 
 
 REAL_DATA = {  # what a perfect model would get, from each run's summary (the same data set: the same numbers)
@@ -197,11 +190,11 @@ def group(rows: list[RunRow], by: list[str] | None = None) -> tuple[list[str], l
     """Give back (header, rows) of completed runs grouped by `by` (default: every override but seed),
     with the count and the mean and sample standard deviation of each metric across the group."""
     completed = [row for row in rows if row.status == "completed"]
-    keys = by if by else sorted({k for row in completed for k in row.overrides} - {"seed"})
+    keys = by if by else [key for key in naming_keys(completed) if key != "seed"]
     metric_keys = _metric_columns(completed)
     groups: dict[tuple, list[RunRow]] = {}
     for row in completed:
-        groups.setdefault(tuple(row.overrides.get(k, "") for k in keys), []).append(row)
+        groups.setdefault(tuple(row.settings.get(k, "") for k in keys), []).append(row)
     header = [*keys, "runs"] + [f"{m} {stat}" for m in metric_keys for stat in ("mean", "std")]
     body = []
     for values, members in groups.items():
@@ -247,124 +240,16 @@ def markdown(header: list[str], body: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _test_data(run, data_root: str | None, cache: dict):
-    data_cfg = run.config.data.copy()
-    data_cfg.limit = None  # figures always use the whole test split
-    if data_root:
-        data_cfg.root = data_root
-    key = json.dumps({k: str(v) for k, v in data_cfg.items()}, sort_keys=True)
-    if key not in cache:
-        cache[key] = instantiate(data_cfg)
-    return cache[key]
-
-
-def draw_comparisons(rows: list[RunRow], out: Path, data_root: str | None, device: str) -> list[Path]:
-    """Draw the side-by-side figures of the completed runs; give back the files written.
-
-    Longer than a screen: one short block per comparison figure, in the order they are listed.
-    """
-    completed = [row for row in rows if row.status == "completed"]
-    keys = varying_keys(rows)
-    written: list[Path] = []
-    curves = [
-        (
-            label(r, keys),
-            [m["epoch"] for m in ms],
-            {p: [m["test"][p] for m in ms] for p in ("total", "recon", "kl")},
-        )
-        for r in rows
-        if (ms := read_metrics(r.path))
-    ]
-    if curves:
-        written.append(plots.plot_curves(curves, out / "curves.png"))
-    written += _draw_metric_against_keys(completed, keys, out)
-
-    latents, recons, samples, manifolds = [], [], [], []
-    cache: dict = {}
-    test_inputs = class_names = test_labels = values = None
-    for row in completed:
-        try:
-            run = load_run(row.path, device=device)
-            data = _test_data(run, data_root, cache)
-        except VaeLabError as error:
-            log.warning(f"figures skip {row.name}: {error}")
-            continue
-        data = data.to(torch.device(device))
-        tensors = figure_tensors(run.model, data, seed=0, samples=10)  # the run's own figures, ten of each
-        name = label(row, keys)
-        latents.append((name, tensors.test_codes.cpu()))
-        recons.append((name, tensors.reconstructions.cpu()))
-        samples.append((name, tensors.samples.cpu()))
-        if tensors.manifold is not None:
-            manifolds.append((name, tensors.manifold.cpu()))
-            values = tensors.manifold_values
-        test_inputs, test_labels, class_names = (
-            tensors.test_inputs.cpu(),
-            data.test_labels.cpu(),
-            data.class_names,
-        )
-    if latents:
-        written.append(
-            plots.plot_latent_comparison(latents, test_labels, class_names, out / "latent_comparison.png")
-        )
-        written.append(
-            plots.plot_image_rows(
-                [("test input", test_inputs), *recons],
-                out / "reconstructions_comparison.png",
-                "reconstructions of test images",
-            )
-        )
-        written.append(
-            plots.plot_image_rows(samples, out / "samples_comparison.png", "decoded draws from N(0, I)")
-        )
-    if manifolds:
-        written.append(plots.plot_manifold_comparison(manifolds, values, out / "manifold_comparison.png"))
-    return written
-
-
-def _as_number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _draw_metric_against_keys(completed: list[RunRow], keys: list[str], out: Path) -> list[Path]:
-    """For each swept numeric key but the seed: final test metrics against it, a line per other setting."""
-    written = []
-    for key in keys:
-        if key == "seed" or any(_as_number(r.overrides.get(key, "")) is None for r in completed):
-            continue
-        others = [k for k in keys if k not in (key, "seed")]
-        lines: dict[str, dict[str, tuple[list, list, list]]] = {}
-        for metric in FIRST_METRICS:
-            by_line: dict[str, dict[float, list[float]]] = {}
-            for row in completed:
-                if row.metrics.get(metric) is not None:
-                    points = by_line.setdefault(label(row, others) if others else "", {})
-                    points.setdefault(_as_number(row.overrides[key]), []).append(row.metrics[metric])
-            if by_line:
-                lines[metric] = {
-                    name: (
-                        sorted(points),
-                        [statistics.fmean(points[x]) for x in sorted(points)],
-                        [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in sorted(points)],
-                    )
-                    for name, points in by_line.items()
-                }
-        if lines:
-            written.append(plots.plot_metric_against_key(key, lines, out / f"metrics_vs_{key}.png"))
-    return written
-
-
 def compare(
     folders: list[Path],
     out: Path | None = None,
     by: list[str] | None = None,
     data_root: str | None = None,
     device: str = "cpu",
+    own_axes: bool = False,
 ) -> list[Path]:
-    """Write the comparison of every run under `folders` into `out` (default: the first folder)."""
+    """Write the comparison of every run under `folders` into `out` (default: the first folder); the
+    latent figure on shared axes, or with own_axes each panel on its own."""
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         raise VaeLabError(
@@ -385,8 +270,10 @@ def compare(
     sections = [
         f"# Comparison of {len(rows)} runs\n",
         "Final test numbers in nats per image; every number the runs logged is in comparison.csv.\n",
-        markdown(*headline(header, body)),
+        common_line(rows),
     ]
+    header_md, body_md, same = headline_table(rows)
+    sections += [markdown(header_md, body_md), same]
     reference = real_data_line(rows)
     if reference:
         sections.append(reference)
@@ -401,7 +288,7 @@ def compare(
             "Every grouped number is in comparison_grouped.csv.\n",
         ]
     (out / "comparison.md").write_text("\n".join(sections))
-    written += draw_comparisons(rows, out, data_root, device)
+    written += draw_comparisons(rows, naming_keys(rows), out, data_root, device, own_axes)
     return written
 
 
@@ -410,14 +297,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="sweep or run folders (searched recursively)")
     parser.add_argument("--out", type=Path, help="where to write (default: the first folder)")
     parser.add_argument(
-        "--by", action="append", help="group by this override key (repeatable); default: all but seed"
+        "--by",
+        action="append",
+        help="group by this key (repeatable); default: those naming the runs, less seed",
     )
     parser.add_argument("--data-root", help="where the runs' data set lies, when not where they were trained")
     parser.add_argument("--device", default="cpu", help="device for decoding the runs (default: cpu)")
+    parser.add_argument(
+        "--own-axes", action="store_true", help="each run's latent panel on its own axes (default: shared)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        written = compare(args.folders, args.out, args.by, args.data_root, args.device)
+        written = compare(args.folders, args.out, args.by, args.data_root, args.device, args.own_axes)
     except VaeLabError as error:
         print(f"vae-lab-compare: {error}", file=sys.stderr)
         return 2

@@ -627,3 +627,46 @@ def mutual_information_all(
         "mutual_information": (log_own - log_aggregate).mean().item(),
         "mutual_information_max": math.log(len(mean)),
     }
+
+
+def aggregate_posterior_map(
+    mean: torch.Tensor,
+    log_var: torch.Tensor | None,
+    span: float = 3.5,
+    size: int = 81,
+    quantile: float = 0.05,
+    chunk: int = 1000,
+) -> dict:
+    """Give back a 2-d aggregate posterior q(z) on a size x size grid over [-span, span]^2, against the
+    prior p = N(0, I): the picture of `aggregate_posterior_holes` (Rosca et al. 2018).
+
+    q is the mixture of the posteriors N(mean_n, diag exp(log_var_n)); for an autoencoder (log_var None)
+    a kernel density estimate of its codes with Scott's bandwidth per dimension. A grid point is in a
+    hole where log q is below its `quantile` level over q's own points (the means, in sample: the plain
+    reading). Keys: log_q (size, size; rows from z2 = -span up), hole (bool, the same shape), the
+    prior's mass in holes on the grid, its mass inside the grid, and span.
+    """
+    mean = mean.double().cpu()
+    if mean.shape[1] != 2:
+        raise ValueError(f"the map is of a 2-d latent; these codes are {mean.shape[1]}-d")
+    if log_var is None:
+        bandwidth = (len(mean) ** (-1.0 / 6) * _spread(mean)).clamp(min=1e-6)  # Scott: n^(-1/(D+4)), D = 2
+        log_var = (2 * bandwidth.log()).expand_as(mean)
+    log_var = log_var.double().cpu()
+    axis = torch.linspace(-span, span, size, dtype=torch.float64)
+    z2, z1 = torch.meshgrid(axis, axis, indexing="ij")
+    points = torch.stack([z1.flatten(), z2.flatten()], 1)
+    log_q = _mixture_log_density(points, mean, log_var, chunk).reshape(size, size)
+    noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    draws = mean + (0.5 * log_var).exp() * noise
+    level = torch.quantile(_mixture_log_density(draws, mean, log_var, chunk), quantile)
+    hole = log_q < level
+    cell = (axis[1] - axis[0]) ** 2
+    prior = (-0.5 * points.pow(2).sum(1) - math.log(2 * math.pi)).exp().reshape(size, size) * cell
+    return {
+        "log_q": log_q,
+        "hole": hole,
+        "prior_mass_in_holes": (prior * hole).sum().item(),
+        "prior_mass_on_grid": prior.sum().item(),
+        "span": span,
+    }
