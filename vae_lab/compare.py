@@ -24,6 +24,8 @@ from vae_lab.training.run_folder import find_runs, flatten, read_summary
 
 log = logging.getLogger("vae_lab.compare")
 FIRST_METRICS = ["test_total", "test_recon", "test_kl"]
+# stated above the table where every run shares them, whether or not the command line set them
+ALWAYS_STATED = ("trainer.epochs", "trainer.batch_size", "optimizer.lr", "model.latent_dim")
 # the Markdown table's columns (the CSV has every number): the likelihood, then one number per claim
 HEADLINE_METRICS = {
     "test_total": "test total",
@@ -84,6 +86,7 @@ def read_row(run_dir: Path, base: Path) -> RunRow:
     except ValueError:
         name = str(run_dir)
     settings, stated = run_settings(run_dir), run_settings(run_dir, config_values=False)
+    stated |= {key: settings[key] for key in ALWAYS_STATED if key in settings}
     return RunRow(run_dir, name, settings, stated, status, error, metrics)
 
 
@@ -219,7 +222,8 @@ def grouped_headline(header: list[str], body: list[list[Any]]) -> tuple[list[str
             continue
         mean, std = header.index(f"{key} mean"), header.index(f"{key} std")
         cells = [_cell(line[mean]) + ("" if line[std] is None else f" ± {_cell(line[std])}") for line in body]
-        if any(line[mean] is not None for line in body):
+        same_everywhere = len(body) > 1 and len(set(cells)) == 1
+        if any(line[mean] is not None for line in body) and not same_everywhere:
             rows.append([name, *cells])
     return ["", *columns], rows
 

@@ -40,6 +40,8 @@ def run_settings(run_dir: Path, config_values: bool = True) -> dict[str, str]:
     run_dir = Path(run_dir)
     settings: dict[str, str] = {}
     choices = _read_yaml(run_dir / ".hydra" / "hydra.yaml").get("hydra", {}).get("runtime", {}).get("choices")
+    if not config_values and (choices or {}).get("experiment") is not None:
+        settings["experiment"] = str(choices["experiment"])  # stated above a table, never a name
     for group in CHOICE_GROUPS:
         if (choices or {}).get(group) is not None:
             settings[group] = str(choices[group])

@@ -22,7 +22,7 @@ from vae_lab.training.run_folder import read_metrics
 
 log = logging.getLogger("vae_lab.compare")
 SAMPLES = 100  # prior draws per run: enough to show how many classes they cover
-DENSITY_CODES = 2000  # test images whose posteriors make the aggregate-posterior map
+DENSITY_CODES = 10_000  # test images whose posteriors make the aggregate-posterior map (MNIST: all)
 # the evidence metrics drawn against a swept size: summary key (flattened with _) -> axis name
 EVIDENCE = {
     "metrics_prior_samples_recognised_share": "samples recognised",

@@ -398,13 +398,15 @@ def density_grid_figure(panels: Sequence[Panel]):
         holes = np.ma.masked_where(~found["hole"].numpy(), np.ones_like(log_q))
         axis.imshow(holes, origin="lower", extent=(-span, span, -span, span), cmap="autumn", alpha=0.45)
         prior_circles(axis)
-        axis.set_title(f"{panel.title}\nprior mass in holes {found['prior_mass_in_holes']:.2f}", fontsize=8)
+        mass = found["prior_mass_in_holes"]
+        axis.set_title(f"{panel.title}\nprior mass in red: {mass:.2f}", fontsize=8)
         axis.set_xlabel("z1", fontsize=8)
         axis.set_ylabel("z2", fontsize=8)
         axis.tick_params(labelsize=7)
     figure.suptitle(
-        "aggregate posterior q(z), log density in grey; red: holes, where q is below its 5% level "
-        "(in sample); circles: the prior's 1 and 2 sigma",
+        "aggregate posterior q(z) of the test images, log density in grey; red: holes, where q is below "
+        "its 5% level over its own draws\n(the plain reading, in sample, on this grid); circles: the "
+        "prior's 1 and 2 sigma",
         fontsize=9,
     )
     return figure
