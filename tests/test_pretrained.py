@@ -1,0 +1,84 @@
+"""The trained models that ship with vae_lab (vae_lab/pretrained): loadable with no data and no
+training, through vae_lab.load_pretrained and torch.hub, each reproducing its recorded test loss."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO, SHARED_MNIST
+from vae_lab.errors import VaeLabError
+from vae_lab.pretrained import FOLDER, load_pretrained, names, record
+
+SHIPPED = ["ae_16d", "article_ae", "article_vae", "vae_16d"]
+
+
+def test_the_four_models_ship_each_under_a_megabyte_with_their_config_summary_and_record():
+    assert names() == SHIPPED
+    for name in SHIPPED:
+        files = {path.name: path.stat().st_size for path in (FOLDER / name).iterdir()}
+        assert {"weights.pt", "config.yaml", "summary.json", "record.json", "metrics.jsonl"} <= set(files)
+        assert files["weights.pt"] < 1_000_000, name
+        made = record(name)
+        assert made["trained"]["commit"] and made["trained"]["command"] and made["packed"]["command"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_model_loads_as_load_run_gives_a_run(name):
+    run = load_pretrained(name)
+    assert not run.model.training and next(run.model.parameters()).dtype == torch.float32
+    latent = 2 if name.startswith("article") else 16
+    assert run.model.latent_dim == latent == run.config.model.latent_dim
+    assert run.model.is_variational == ("vae" in name)
+    assert run.summary["status"] == "completed" and len(run.metrics) == run.summary["epochs"]
+    images = run.model.decode(torch.zeros(3, latent))
+    assert images.shape == (3, 1, 28, 28)
+
+
+def test_no_name_or_a_wrong_one_lists_the_names():
+    for wrong in (None, "article_vea"):
+        with pytest.raises(
+            VaeLabError, match="the shipped models are: ae_16d, article_ae, article_vae, vae_16d"
+        ):
+            load_pretrained(wrong)
+
+
+def test_torch_hub_loads_a_shipped_model_from_a_clone():
+    model = torch.hub.load(str(REPO), "article_vae", source="local")
+    assert not model.training and model.latent_dim == 2
+
+
+def test_a_fresh_process_reads_the_summary_with_no_data_and_no_training(tmp_path):
+    code = "import vae_lab; r = vae_lab.load_pretrained('article_vae'); print(r.summary['test'])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "'total'" in result.stdout and not list(tmp_path.iterdir())  # nothing downloaded or written
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not in {SHARED_MNIST}")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_model_reproduces_its_recorded_test_loss_on_mnist(name, tmp_path):
+    from hydra.utils import instantiate
+
+    from vae_lab.data import load_mnist
+    from vae_lab.evaluation.inference import evaluate_loss
+
+    root = tmp_path / "data" / "MNIST" / "raw"
+    root.mkdir(parents=True)
+    for file in SHARED_MNIST.glob("t10k-*.gz"):  # the test split alone is read
+        (root / file.name).symlink_to(file)
+    for file in SHARED_MNIST.glob("train-*.gz"):
+        (root / file.name).symlink_to(file)
+    run = load_pretrained(name)
+    data = load_mnist(str(tmp_path / "data"), limit=64)
+    loss = instantiate(run.config.loss)
+    test = evaluate_loss(
+        run.model, loss, data.test_images, run.config.trainer.eval_batch_size, run.config.seed
+    )
+    recorded = json.loads((FOLDER / name / "summary.json").read_text())["shipped"]["test"]
+    for part in ("total", "recon"):
+        assert test[part] == pytest.approx(recorded[part], rel=1e-4)
