@@ -209,3 +209,56 @@ def test_the_classifier_trains_and_loads_in_channels_last_with_the_same_answers(
     answers = zip(classify(loaded, data.test_images), classify(contiguous, data.test_images), strict=True)
     for ours, plain in answers:  # probabilities, then features
         torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_on_a_folder_whose_config_is_not_a_run_s_says_so_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "not_a_run"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("db:\n  driver: mysql\n")  # some other app's Hydra config
+    (folder / "checkpoint.pt").write_bytes(b"")
+    assert evaluate_main([str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "is not the config of a vae_lab run: it has no model._target_" in err and "Traceback" not in err
+
+
+def test_load_run_reads_a_run_whose_model_config_held_the_speed_options(tmp_path):
+    """A run folder written while fused_blocks and the like sat in conf/model: the plain model loads."""
+    import yaml
+
+    from vae_lab import load_run
+    from vae_lab.models import VAE, ConvDecoder, ConvEncoder
+    from vae_lab.training import checkpoint as checkpoints
+
+    model = VAE(2, ConvEncoder(batch_norm=True, dropout=0.3), ConvDecoder(2))
+    config = {
+        "model": {
+            "_target_": "vae_lab.models.VAE",
+            "latent_dim": 2,
+            "encoder": {
+                "_target_": "vae_lab.models.ConvEncoder",
+                "batch_norm": True,
+                "dropout": 0.3,
+                "fused_blocks": True,
+            },
+            "decoder": {
+                "_target_": "vae_lab.models.ConvDecoder",
+                "latent_dim": 2,
+                "one_channel_kernel": True,
+            },
+        }
+    }
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    state = {
+        "model": model.state_dict(),
+        "optimizer": {},
+        "epoch": 1,
+        "history": [],
+        "torch_rng": torch.get_rng_state(),
+    }
+    state |= {"cuda_rng": [], "order_rng": torch.Generator().get_state(), "config": config, "hydra_files": {}}
+    torch.save(state | {"format_version": checkpoints.FORMAT_VERSION}, tmp_path / "checkpoint.pt")
+    run = load_run(tmp_path)
+    assert type(run.model.encoder.body[3]) is torch.nn.Dropout  # the plain layers
+    codes = torch.randn(4, 2)
+    torch.testing.assert_close(run.model.decoder(codes), model.eval().decoder(codes))

@@ -403,3 +403,53 @@ def test_a_stop_signal_after_training_lets_the_run_finish_then_stops_the_sweep(t
     jobs = sorted(path.name for path in sweep.iterdir() if path.is_dir())
     assert len(jobs) == 1 and jobs[0].startswith("0_model.latent_dim=2")  # none started after it
     assert summary(sweep / jobs[0])["status"] == "completed" and (sweep / jobs[0] / "samples.png").is_file()
+
+
+def test_resuming_with_other_speed_options_goes_on_and_says_it_will_not_be_bit_identical(tmp_path, data_root):
+    """The speed options are no part of the resume key: a resume with other ones goes on, and says how
+    its numbers then depart from an uninterrupted run's (fast dropout: another random stream)."""
+    run_dir = tmp_path / "run"
+    first = train(data_root, run_dir, "trainer.epochs=1")
+    assert first.returncode == 0, said(first)
+    assert load_checkpoint(run_dir).speed["fast_dropout"] is True  # speed=auto, recorded
+    same = train(data_root, run_dir, "trainer.epochs=2", "trainer.resume=true")
+    assert same.returncode == 0 and "other speed options" not in said(same)
+    other = train(data_root, run_dir, "trainer.epochs=3", "trainer.resume=true", "speed.fast_dropout=false")
+    assert other.returncode == 0, said(other)
+    assert "speed.fast_dropout: True in the checkpoint, False now" in said(other)
+    assert "another random stream" in said(other) and "not end bit-identical" in said(other)
+    assert summary(run_dir)["epochs"] == 3 and epochs_logged(run_dir) == [1, 2, 3]
+
+
+def test_a_checkpoint_whose_model_config_held_the_speed_options_resumes_into_today_s_layout(tmp_path):
+    """Written while fused_blocks and the like sat in conf/model: they become the checkpoint's speed
+    options, and its model config the plain model's, as `conf/model` now describes it."""
+    from vae_lab.training.checkpoint import from_state
+
+    model = {
+        "_target_": "vae_lab.models.VAE",
+        "latent_dim": 2,
+        "encoder": {"batch_norm": True, "dropout": 0.3, "fast_dropout": True, "fused_blocks": False},
+        "decoder": {"latent_dim": 2, "fast_transpose": True, "one_channel_kernel": True},
+    }
+    state = {
+        "model": {},
+        "optimizer": {},
+        "epoch": 1,
+        "history": [],
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": [],
+        "order_rng": torch.Generator().get_state(),
+        "config": {"model": model, "seed": 0},
+        "hydra_files": {},
+        "format_version": 2,
+    }
+    checkpoint = from_state(state, tmp_path / "checkpoint.pt")
+    assert checkpoint.speed == {
+        "fast_dropout": True,
+        "fused_blocks": False,
+        "fast_transpose": True,
+        "one_channel_kernel": True,
+    }
+    assert checkpoint.config["model"]["encoder"] == {"batch_norm": True, "dropout": 0.3}
+    assert checkpoint.config["model"]["decoder"] == {"latent_dim": 2}
