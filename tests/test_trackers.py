@@ -292,3 +292,22 @@ def test_wandb_online_without_an_account_says_how_to_go_offline(tmp_path, monkey
     with pytest.raises(ConfigError, match="WANDB_MODE=offline"):
         logger.start(RunContext(name="run"))
     logger.close()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        (["hydra/sweeper=optuna"], "objective is null"),
+        (["experiment=search", "evaluation.enabled=false"], "evaluation.enabled=false"),
+    ],
+)
+def test_a_search_whose_objective_cannot_be_computed_is_refused_before_its_first_trial(
+    tmp_path, overrides, why
+):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep_dir = tmp_path / "search"
+    result = train(tmp_path, *overrides, f"hydra.sweep.dir={sweep_dir}", multirun=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("the search cannot start: ") and why in lines[0]
+    assert not sweep_dir.exists()  # no trial ran, nothing was written

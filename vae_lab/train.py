@@ -37,6 +37,7 @@ from vae_lab.training.launchers import (
     in_worker_process,
     parallel_jobs,
     require_launcher_plugin,
+    require_search_objective,
     require_sweeper_plugin,
     require_writable_output,
 )
@@ -288,8 +289,9 @@ def main() -> None:
     os.environ[LAUNCHER_PID] = str(os.getpid())
     sys.argv[1:] = upgrade_legacy_overrides(sys.argv[1:])  # loss.likelihood=gaussian still works
     require_launcher_plugin(sys.argv[1:])
-    require_writable_output(sys.argv[1:])
     require_sweeper_plugin(sys.argv[1:])
+    require_search_objective(sys.argv[1:], CONF_DIR)  # before any folder is made
+    require_writable_output(sys.argv[1:])
     train_app()
 
 

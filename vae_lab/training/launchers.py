@@ -33,11 +33,48 @@ def require_launcher_plugin(arguments: list[str]) -> None:
 def require_sweeper_plugin(arguments: list[str]) -> None:
     """Exit with an install hint when the command line asks for Optuna (hydra/sweeper=optuna, or
     experiment=search, which picks it) and its plugin is missing: Hydra would only say it cannot find it."""
-    wants = any(a in ("hydra/sweeper=optuna", "experiment=search") for a in arguments)
-    if wants and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+    if wants_a_search(arguments) and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
         raise SystemExit(
             "hydra/sweeper=optuna needs the optional Optuna sweeper plugin, which is not installed: run "
             "`pip install -c constraints.txt -e '.[optuna]'` in the project folder."
+        )
+
+
+def wants_a_search(arguments: list[str]) -> bool:
+    """True where the command line asks Optuna to search (hydra/sweeper=optuna, or experiment=search)."""
+    return any(a in ("hydra/sweeper=optuna", "experiment=search") for a in arguments)
+
+
+def require_search_objective(arguments: list[str], conf_dir: Path) -> None:
+    """Exit with one line, before the first trial, where a search's objective cannot be computed: no
+    `objective` named, or an evaluation metric with the evaluation off. Optuna would run every trial
+    and then fail with a traceback ("No trials are completed yet")."""
+    if not wants_a_search(arguments) or not any(a in ("-m", "--multirun") for a in arguments):
+        return
+    from hydra import compose, initialize_config_dir
+
+    from vae_lab.config import check_config
+    from vae_lab.errors import ConfigError
+
+    overrides = [
+        argument
+        for argument in arguments
+        if not argument.startswith(("-", "hydra.", "hydra/", "+hydra", "~hydra"))
+        and not any(mark in argument.partition("=")[2] for mark in (",", "(", "["))  # sweep syntax
+    ]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        check_config(cfg)
+    except ConfigError as error:
+        raise SystemExit(f"the search cannot start: {error}") from None
+    except Exception:  # anything else Hydra's own run reports as it does
+        return
+    if cfg.objective is None:
+        raise SystemExit(
+            "the search cannot start: hydra/sweeper=optuna minimises (or maximises) a number each run gives "
+            "back, and objective is null. Name a summary.json key, e.g. objective=metrics.iwae.nll_k100 "
+            "(experiment=search sets it), or sweep a grid with the basic sweeper instead."
         )
 
 
