@@ -11,6 +11,7 @@ against it.
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def pack(name: str, run_dir: Path, trained: dict, data_root: str) -> dict:
     summary = dict(run.summary) | {"shipped": {"weights": "float16", "device": "cpu", "test": shipped}}
     (folder / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     packed = {
-        "command": "python " + " ".join(sys.argv),
+        "command": "python experiments/package_pretrained.py " + " ".join(map(shlex.quote, sys.argv[1:])),
         "commit": current_commit(),
         "date": str(date.today()),
     }
@@ -69,7 +70,8 @@ def shipped_test_loss(name: str, config: dict, data_root: str) -> dict:
 
 
 def current_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    here = Path(__file__).resolve().parent  # the checkout this script is in, wherever it runs from
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
     return result.stdout.strip() or "unknown"
 
 
