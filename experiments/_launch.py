@@ -12,13 +12,19 @@ from vae_lab.evaluation.classifier import load_or_train_for_config
 from vae_lab.train import CONF_DIR, main
 
 
-def all_jobs_at_once_on_cpu(jobs: int) -> list[str]:
-    """Give back the launcher overrides of the faster way to run a sweep's jobs on this CPU: all at
-    once, one thread each (docs/sweeps.md, Launchers), where the joblib plugin is installed and no
-    GPU is seen. Their progress bars would share one terminal line, so each job logs a line per
-    quarter epoch instead (`trainer.progress=true` on the command line brings the bars back)."""
-    if torch.cuda.is_available() or importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
+def all_jobs_at_once(jobs: int) -> list[str]:
+    """Give back the launcher overrides that run a study's jobs at once where that is faster, when the
+    joblib plugin is installed: on a CPU all of them, one thread each (docs/sweeps.md, Launchers); on a
+    machine with several GPUs as many as there are GPUs, each job on its own (round robin,
+    config.resolve_device); on one GPU, none (the jobs run one after another). Jobs run at once would
+    share one terminal line with their progress bars, so each logs a line per quarter epoch instead
+    (`trainer.progress=true` on the command line brings the bars back)."""
+    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
         return []
+    if torch.cuda.is_available():
+        jobs = min(jobs, torch.cuda.device_count())
+        if jobs < 2:
+            return []
     return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "trainer.progress=false"]
 
 

@@ -4,14 +4,15 @@ size, one line per model (the autoencoder's draws from its fitted Gaussian as a 
 
 python experiments/latent_size.py [overrides, e.g. hydra.launcher.n_jobs=6 device=cuda]
 
-On a CPU, three jobs run at once with one thread each (joblib), as the ablation's do.
+On a CPU, three jobs run at once with one thread each (joblib), as the ablation's do; on a machine
+with several GPUs, as many at once as there are GPUs, each on its own.
 """
 
 import sys
 import time
 from pathlib import Path
 
-from _launch import all_jobs_at_once_on_cpu, launch, train_the_classifier_once
+from _launch import all_jobs_at_once, launch, train_the_classifier_once
 
 from vae_lab.compare import compare
 
@@ -19,7 +20,7 @@ if __name__ == "__main__":
     given = [arg.partition("=")[2] for arg in sys.argv[1:] if arg.startswith("hydra.sweep.dir=")]
     sweep_dir = Path(given[-1] if given else time.strftime("outputs/multirun/%Y-%m-%d/%H-%M-%S"))
     train_the_classifier_once(sys.argv[1:])  # before the jobs, which would each train it at once
-    launch("-m", "experiment=latent_size", *all_jobs_at_once_on_cpu(3), f"hydra.sweep.dir={sweep_dir}")
+    launch("-m", "experiment=latent_size", *all_jobs_at_once(3), f"hydra.sweep.dir={sweep_dir}")
     data_root = [arg.partition("=")[2] for arg in sys.argv[1:] if arg.startswith("data.root=")]
     written = compare([sweep_dir], data_root=data_root[-1] if data_root else None)
     print(f"Sweep folder: {sweep_dir}")

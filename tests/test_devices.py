@@ -66,3 +66,42 @@ def test_prior_draws_come_from_a_cpu_generator_so_a_seed_gives_the_same_codes_on
     monkeypatch.setattr(model, "decode", lambda codes: seen.append(codes) or original(codes))
     model.sample(5, torch.Generator().manual_seed(3))
     assert torch.equal(seen[0], torch.randn(5, 2, generator=torch.Generator().manual_seed(3)))
+
+
+def test_the_jobs_of_a_sweep_take_the_gpus_round_robin_where_there_are_several(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    assert [resolve_device("auto", job).index for job in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert resolve_device("cuda", 5) == torch.device("cuda", 1)
+    assert resolve_device("cuda:3", 0) == torch.device("cuda", 3)  # a named GPU stays that GPU
+    assert resolve_device("auto") == torch.device("cuda")  # a single run: the default GPU
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert resolve_device("auto", 3) == torch.device("cuda")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert resolve_device("auto", 3) == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("gpus", "expected"), [(0, 3), (1, None), (2, 2), (8, 3)])
+def test_a_study_runs_as_many_jobs_at_once_as_there_are_gpus_or_all_of_them_on_a_cpu(
+    monkeypatch, gpus, expected
+):
+    import importlib.util
+    import sys
+
+    from tests.conftest import REPO
+
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    sys.modules.pop("_launch", None)
+    launch = importlib.import_module("_launch")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: gpus > 0)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: gpus)
+    overrides = launch.all_jobs_at_once(3)
+    if expected is None:
+        assert overrides == []  # one GPU: one job after another
+    else:
+        assert overrides == [
+            "hydra/launcher=joblib",
+            f"hydra.launcher.n_jobs={expected}",
+            "trainer.progress=false",
+        ]

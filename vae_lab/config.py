@@ -320,8 +320,17 @@ def _checked_values(node: DictConfig, prefix: str):
                 yield from _checked_values(child, f"{key}.")
 
 
-def resolve_device(name: str) -> torch.device:
-    """Give back the torch device for `auto`, `cpu`, `cuda` or `cuda:N`."""
+def resolve_device(name: str, job_number: Optional[int] = None) -> torch.device:
+    """Give back the torch device for `auto`, `cpu`, `cuda` or `cuda:N`.
+
+    A job of a sweep (job_number given) asking for `auto` or `cuda` on a machine with several GPUs
+    takes GPU job_number mod their count: the jobs that a launcher runs at once use every GPU, round
+    robin. `cuda:N` is always GPU N.
+    """
+    if name in ("auto", "cuda") and job_number is not None and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if count > 1:
+            return torch.device(f"cuda:{job_number % count}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

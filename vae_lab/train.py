@@ -56,14 +56,16 @@ def run(
     parallel_jobs: int = 1,
     checkpoint: Optional[Checkpoint] = None,
     stop: Optional[StopSignals] = None,
+    job_number: Optional[int] = None,
 ) -> dict[str, Any]:
     """Train (from `checkpoint`, where given), evaluate and draw one run into run_dir; give back its
-    summary (also written to summary.json)."""
+    summary (also written to summary.json). job_number: the run's number in its sweep, which picks its
+    GPU on a machine with several (config.resolve_device)."""
     started = time.perf_counter()
     check_config(cfg)
     set_threads(cfg.trainer.threads, parallel_jobs)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, job_number)
     model, loss, optimizer = build(cfg, device)  # the plain model of conf/model
     step = TrainStep.sped_up(model, loss, optimizer, cfg.speed)  # its faster layers: vae_lab/speed
     data = build_data(cfg, device)
@@ -207,7 +209,8 @@ def train_app(cfg: DictConfig) -> Optional[float]:
         launcher.busy.set()
     try:
         with StopSignals(launcher) as stop:
-            summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop)
+            job_number = hydra_cfg.job.num if in_sweep else None
+            summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop, job_number)
             late_stop = (stop.signum, stop.name) if stop.requested else None  # during evaluation
     except BaseException as error:
         handle_failure(error, run_dir, in_sweep)
