@@ -375,17 +375,23 @@ LEGACY_SPEED_KEYS = {
 }
 
 
+def split_legacy_speed(model: dict) -> tuple[dict, dict]:
+    """Give back (a model config of a run written while the speed options sat in it, without them: the
+    plain model's config, which is what it describes; those options by today's names, {} if none)."""
+    upgraded, speed = dict(model), {}
+    for old, new in LEGACY_SPEED_KEYS.items():
+        if not old.startswith("model."):
+            continue  # the trainer's: never part of a model config
+        _, part, name = old.split(".")
+        if isinstance(upgraded.get(part), dict) and name in upgraded[part]:
+            speed[new.removeprefix("speed.")] = upgraded[part][name]
+            upgraded[part] = {key: value for key, value in upgraded[part].items() if key != name}
+    return upgraded, speed
+
+
 def upgrade_legacy_model(model: dict) -> dict:
-    """Give back a model config of a run written while the speed options sat in it (model.encoder.fused_blocks
-    and the like) without them: the plain model's config, which is what it describes."""
-    upgraded = dict(model)
-    for part in ("encoder", "decoder"):
-        if isinstance(upgraded.get(part), dict):
-            speed_keys = {
-                key.rpartition(".")[2] for key in LEGACY_SPEED_KEYS if key.startswith(f"model.{part}.")
-            }
-            upgraded[part] = {key: value for key, value in upgraded[part].items() if key not in speed_keys}
-    return upgraded
+    """Give back a model config without the speed options it may hold (split_legacy_speed)."""
+    return split_legacy_speed(model)[0]
 
 
 def upgrade_legacy_overrides(arguments: list[str]) -> list[str]:

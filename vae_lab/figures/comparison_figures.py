@@ -16,7 +16,9 @@ from vae_lab.errors import VaeLabError
 from vae_lab.evaluation import inference, metrics
 from vae_lab.figures import plots
 from vae_lab.figures.plots import Panel
+from vae_lab.figures.run_figures import RunFigureTensors, figure_tensors
 from vae_lab.labels import grid, label
+from vae_lab.models import reparameterise
 from vae_lab.runs import load_run
 from vae_lab.training.run_folder import read_metrics
 
@@ -46,24 +48,19 @@ FITTED = {
 class RunTensors:
     """What the comparison figures show of one run."""
 
+    figures: RunFigureTensors  # its own figures' tensors: reconstructions, prior samples, manifold
     latent_points: np.ndarray  # (N, 2): z1, z2 of one draw z ~ q(z|x) per test image, or the code
-    samples: torch.Tensor  # (SAMPLES, C, H, W)
-    reconstructions: torch.Tensor  # (10, C, H, W)
     density: dict | None  # metrics.aggregate_posterior_map, for a 2-d latent
-    manifold: torch.Tensor | None
-    manifold_values: np.ndarray | None
 
 
 def run_tensors(model, data) -> RunTensors:
     """Give back the tensors of one run's comparison panels, from fixed seeds."""
-    images = data.test_images
-    if model.is_variational:
-        mean, log_var = inference.encode_posteriors(model, images)
+    figures = figure_tensors(model, data, seed=0, samples=SAMPLES)
+    mean, log_var, points = figures.test_codes, None, figures.test_codes
+    if model.is_variational:  # the posteriors' spread, not only their means: one draw per test image
+        mean, log_var = inference.encode_posteriors(model, data.test_images)
         noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0)).to(mean.device)
-        points = mean + (0.5 * log_var).exp() * noise  # one draw per test image: the posteriors' spread
-    else:
-        mean, log_var = inference.encode_means(model, images), None
-        points = mean
+        points = reparameterise(mean, log_var, noise)
     points = points.detach().cpu().float()
     if points.shape[1] == 1:
         points = torch.cat([points, torch.zeros_like(points)], 1)
@@ -73,15 +70,7 @@ def run_tensors(model, data) -> RunTensors:
         density = metrics.aggregate_posterior_map(
             mean.cpu()[chosen], None if log_var is None else log_var.cpu()[chosen]
         )
-    manifold, values = inference.decode_manifold(model, size=15) if model.latent_dim == 2 else (None, None)
-    return RunTensors(
-        latent_points=points[:, :2].numpy(),
-        samples=model.sample(SAMPLES, torch.Generator().manual_seed(0)).cpu(),
-        reconstructions=inference.reconstruct(model, images[:10]).cpu(),
-        density=density,
-        manifold=None if manifold is None else manifold.cpu(),
-        manifold_values=values,
-    )
+    return RunTensors(figures=figures, latent_points=points[:, :2].numpy(), density=density)
 
 
 def _test_data(run, data_root: str | None, cache: dict):
@@ -143,14 +132,17 @@ def _draw_panels(loaded: dict, fixed: dict[str, str], out: Path, own_axes: bool)
         ),
         plots.save_figure(
             plots.sample_grid_figure(
-                panels(lambda t: t.samples), f"{SAMPLES} decoded draws from N(0, I){note}"
+                panels(lambda t: t.figures.samples.cpu()), f"{SAMPLES} decoded draws from N(0, I){note}"
             ),
             out / "samples_comparison.png",
         ),
     ]
     ordered = [loaded[place] for place in sorted(loaded)]
-    test_inputs = first[2].test_images[:10].cpu() / 255
-    rows = [("test input", test_inputs), *((title, t.reconstructions) for title, t, _ in ordered)]
+    test_inputs = first[1].figures.test_inputs.cpu()
+    rows = [
+        ("test input", test_inputs),
+        *((title, t.figures.reconstructions.cpu()) for title, t, _ in ordered),
+    ]
     written.append(
         plots.plot_image_rows(rows, out / "reconstructions_comparison.png", "reconstructions of test images")
     )
@@ -159,9 +151,11 @@ def _draw_panels(loaded: dict, fixed: dict[str, str], out: Path, own_axes: bool)
         written.append(
             plots.save_figure(plots.density_grid_figure(densities), out / "aggregate_posterior.png")
         )
-    manifolds = [(title, t.manifold) for title, t, _ in ordered if t.manifold is not None]
+    manifolds = [
+        (title, t.figures.manifold.cpu()) for title, t, _ in ordered if t.figures.manifold is not None
+    ]
     if manifolds:
-        values = next(t.manifold_values for _, t, _ in ordered if t.manifold is not None)
+        values = next(t.figures.manifold_values for _, t, _ in ordered if t.figures.manifold is not None)
         written.append(plots.plot_manifold_comparison(manifolds, values, out / "manifold_comparison.png"))
     return written
 

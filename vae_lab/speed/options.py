@@ -39,21 +39,8 @@ CHANGES_DROPOUT_MASKS = ("fast_dropout",)
 CHANGES_NUMBERS = ("precision",)
 
 
-def resume_differences(saved: dict[str, Any], current: SpeedOptions) -> list[str]:
-    """Give back 'option: saved -> now' for each speed option of a checkpoint that differs now."""
-    now = current.as_dict()
-    return [
-        f"speed.{name}: {saved[name]!r} in the checkpoint, {now[name]!r} now"
-        for name in sorted(saved.keys() & now.keys())
-        if saved[name] != now[name]
-    ]
-
-
-def what_differs_means(saved: dict[str, Any], current: SpeedOptions) -> str:
-    """Give back how far a run resumed with other speed options departs from an uninterrupted one."""
-    differing = {
-        name for name in saved.keys() & current.as_dict().keys() if saved[name] != getattr(current, name)
-    }
+def what_differs_means(differing: set[str]) -> str:
+    """Give back how far a run resumed with other speed options (these) departs from an uninterrupted one."""
     if differing & set(CHANGES_DROPOUT_MASKS):
         return "dropout's masks come from another random stream from here on, so the numbers differ"
     if differing & set(CHANGES_NUMBERS):

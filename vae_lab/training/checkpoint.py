@@ -13,11 +13,10 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lab.config import LEGACY_SPEED_KEYS, upgrade_legacy_loss, upgrade_legacy_model
+from vae_lab.config import split_legacy_speed, upgrade_legacy_loss
 from vae_lab.errors import ConfigError, RunFolderError
 from vae_lab.files import write_atomically
 from vae_lab.speed.options import SpeedOptions, what_differs_means
-from vae_lab.speed.options import resume_differences as speed_differences
 from vae_lab.training.run_folder import CHECKPOINT_FILE, CONFIG_FILE, flatten
 
 log = logging.getLogger("vae_lab")
@@ -114,23 +113,11 @@ def from_state(state: Any, path: Path) -> Checkpoint:
         kept["config"] = kept["config"] | {"loss": upgrade_legacy_loss(kept["config"]["loss"])}
     if isinstance(kept["config"].get("model"), dict) and kept.get("speed") is None:
         # written while the layer options sat in the model's config: they are its speed options
-        kept["speed"] = legacy_speed_options(kept["config"]["model"])
-        kept["config"] = kept["config"] | {"model": upgrade_legacy_model(kept["config"]["model"])}
+        model, speed = split_legacy_speed(kept["config"]["model"])
+        kept["config"] = kept["config"] | {"model": model}
+        kept["speed"] = speed or None
     kept["format_version"] = FORMAT_VERSION
     return Checkpoint(**kept)
-
-
-def legacy_speed_options(model: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """Give back the speed options a model config of the first layout held (model.encoder.fused_blocks and
-    the like), by today's names; None where it held none."""
-    found = {}
-    for old, new in LEGACY_SPEED_KEYS.items():
-        if not old.startswith("model."):
-            continue
-        _, part, name = old.split(".")
-        if isinstance(model.get(part), dict) and name in model[part]:
-            found[new.removeprefix("speed.")] = model[part][name]
-    return found or None
 
 
 def resume_key_config(cfg: DictConfig) -> dict[str, Any]:
@@ -196,11 +183,14 @@ def warn_of_other_speed_options(checkpoint: Checkpoint, now: SpeedOptions) -> No
     bit-identically to a run that was never stopped (docs/reliability.md)."""
     if checkpoint.speed is None:
         return
-    differences = speed_differences(checkpoint.speed, now)
+    saved = checkpoint.speed
+    current = {name: value for name, value in now.as_dict().items() if name in saved}
+    differences = config_differences({"speed": saved}, {"speed": current})
     if differences:
+        differing = {name for name in saved if saved[name] != current[name]}
         log.warning(
             f"resuming with other speed options than the checkpoint's ({'; '.join(differences)}): "
-            f"{what_differs_means(checkpoint.speed, now)}; the run will not end bit-identical to one "
+            f"{what_differs_means(differing)}; the run will not end bit-identical to one "
             "that was never stopped. Resume with the checkpoint's speed options for that."
         )
 
