@@ -133,20 +133,21 @@ def search(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trackers")
     root = write_fake_mnist(tmp / "data")
     sweep_dir = tmp / "search"
-    result = train(
-        tmp,
-        "experiment=search",
-        f"data.root={root}",
-        f"hydra.sweep.dir={sweep_dir}",
-        "hydra.sweeper.n_trials=2",
-        "objective=metrics.iwae.nll_k10",  # FAST_EVALUATION draws K = 10
-        "logger=multi",
-        "logger.backends.tensorboard.projector_images=20",
-        "logger.backends.tensorboard.hparams_metrics=[test.total,metrics.iwae.nll_k10]",
-        env=offline_env(tmp),
-        multirun=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    for n_trials in (1, 2):  # the second command goes on with the study the first one left
+        result = train(
+            tmp,
+            "experiment=search",
+            f"data.root={root}",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"hydra.sweeper.n_trials={n_trials}",
+            "objective=metrics.iwae.nll_k10",  # FAST_EVALUATION draws K = 10
+            "logger=multi",
+            "logger.backends.tensorboard.projector_images=20",
+            "logger.backends.tensorboard.hparams_metrics=[test.total,metrics.iwae.nll_k10]",
+            env=offline_env(tmp),
+            multirun=True,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: p.name)
     study = optuna.load_study(study_name="vae_lab_search", storage=f"sqlite:///{sweep_dir}/optuna.db")
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -165,6 +166,13 @@ def test_an_optuna_search_keeps_its_study_and_gets_each_runs_objective(search):
         assert trial.value == pytest.approx(summary["metrics"]["iwae"]["nll_k10"], rel=1e-6)
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(t.value for t in trials))
+
+
+def test_running_the_search_again_goes_on_with_its_study(search):
+    _, jobs, trials = search  # one trial, then the same command with n_trials=2
+    assert [t.number for t in trials] == [0, 1]
+    assert [job.name.split("_")[0] for job in jobs] == ["0", "1"]  # job numbers go on with the trials
+    assert trials[0].params != trials[1].params  # the seeded sampler did not draw the first trial again
 
 
 def test_the_search_shows_in_tensorboard_hparams_with_each_trials_values_and_numbers(search):
@@ -304,7 +312,7 @@ def test_wandb_online_without_an_account_says_how_to_go_offline(tmp_path, monkey
 def test_a_search_whose_objective_cannot_be_computed_is_refused_before_its_first_trial(
     tmp_path, overrides, why
 ):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")
     sweep_dir = tmp_path / "search"
     result = train(tmp_path, *overrides, f"hydra.sweep.dir={sweep_dir}", multirun=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr

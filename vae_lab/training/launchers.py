@@ -31,13 +31,22 @@ def require_launcher_plugin(arguments: list[str]) -> None:
 
 
 def require_sweeper_plugin(arguments: list[str]) -> None:
-    """Exit with an install hint when the command line asks for Optuna (hydra/sweeper=optuna, or
-    experiment=search, which picks it) and its plugin is missing: Hydra would only say it cannot find it."""
-    if wants_a_search(arguments) and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+    """Make vae_lab's Optuna sweeper known to Hydra, and exit with an install hint when the command line
+    asks for a search (hydra/sweeper=optuna, or experiment=search) and Optuna is missing.
+
+    Hydra finds plugins by listing the hydra_plugins package, which misses one that an editable install
+    (`pip install -e .`) maps from the checkout; Plugins.register is Hydra's way to name it itself.
+    """
+    if wants_a_search(arguments) and importlib.util.find_spec("optuna") is None:
         raise SystemExit(
-            "hydra/sweeper=optuna needs the optional Optuna sweeper plugin, which is not installed: run "
+            "hydra/sweeper=optuna needs Optuna, which is not installed: run "
             "`pip install -c constraints.txt -e '.[optuna]'` in the project folder."
         )
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.vae_lab_search import OptunaSearch
+
+    Plugins.instance().register(OptunaSearch)
 
 
 def wants_a_search(arguments: list[str]) -> bool:
