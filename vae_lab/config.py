@@ -141,6 +141,7 @@ class TrainerSchema:
     threads: Optional[int] = positive_int("for torch's default")
     progress: bool = MISSING
     resume: bool = MISSING
+    sync_batchnorm: bool = MISSING
 
 
 @dataclass
@@ -320,13 +321,18 @@ def _checked_values(node: DictConfig, prefix: str):
                 yield from _checked_values(child, f"{key}.")
 
 
-def resolve_device(name: str, job_number: Optional[int] = None) -> torch.device:
+def resolve_device(
+    name: str, job_number: Optional[int] = None, local_rank: Optional[int] = None
+) -> torch.device:
     """Give back the torch device for `auto`, `cpu`, `cuda` or `cuda:N`.
 
     A job of a sweep (job_number given) asking for `auto` or `cuda` on a machine with several GPUs
     takes GPU job_number mod their count: the jobs that a launcher runs at once use every GPU, round
-    robin. `cuda:N` is always GPU N.
+    robin. A process of a data-parallel run (local_rank given) takes GPU local_rank. `cuda:N` is always
+    GPU N.
     """
+    if name in ("auto", "cuda") and local_rank is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
     if name in ("auto", "cuda") and job_number is not None and torch.cuda.is_available():
         count = torch.cuda.device_count()
         if count > 1:

@@ -32,6 +32,23 @@ from vae_lab.speed.memory import hand_back_freed_memory
 from vae_lab.training import checkpoint as checkpoints
 from vae_lab.training.build import build, build_data, check_model_fits_data, instantiate_node
 from vae_lab.training.checkpoint import Checkpoint
+from vae_lab.training.distributed import (
+    ONE_PROCESS,
+    Ranks,
+    check_data_parallel_run,
+    end_process_group,
+    follower_overrides,
+    is_lost_process_error,
+    lost_process_reason,
+    join_run,
+    process_group_started,
+    quiet_follower_logging,
+    ranks_from_environment,
+    refuse_sweep_under_torchrun,
+    share_run_dir,
+    start_process_group,
+    synchronise_batchnorm,
+)
 from vae_lab.training.launchers import (
     LAUNCHER_PID,
     in_worker_process,
@@ -41,7 +58,7 @@ from vae_lab.training.launchers import (
     require_sweeper_plugin,
     require_writable_output,
 )
-from vae_lab.training.loggers import run_context
+from vae_lab.training.loggers import NoLogger, run_context
 from vae_lab.training.loop import FitSettings, TrainingDiverged, TrainStep, fit, format_parts
 from vae_lab.training.run_folder import CHECKPOINT_FILE, SUMMARY_FILE, flatten, is_finite_number, read_summary
 from vae_lab.training.stopping import RunInterrupted, StopSignals, watch_launcher
@@ -57,27 +74,37 @@ def run(
     checkpoint: Optional[Checkpoint] = None,
     stop: Optional[StopSignals] = None,
     job_number: Optional[int] = None,
-) -> dict[str, Any]:
+    ranks: Ranks = ONE_PROCESS,
+) -> Optional[dict[str, Any]]:
     """Train (from `checkpoint`, where given), evaluate and draw one run into run_dir; give back its
     summary (also written to summary.json). job_number: the run's number in its sweep, which picks its
-    GPU on a machine with several (config.resolve_device)."""
+    GPU on a machine with several (config.resolve_device). ranks: this process's place in a run of
+    several (vae_lab/training/distributed.py); all train, process 0 alone evaluates and writes, and
+    the others give back None."""
     started = time.perf_counter()
     check_config(cfg)
-    set_threads(cfg.trainer.threads, parallel_jobs)
+    set_threads(cfg.trainer.threads, max(parallel_jobs, ranks.local_world_size))
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device, job_number)
+    device = resolve_device(cfg.device, job_number, ranks.local_rank if ranks.is_distributed else None)
     model, loss, optimizer = build(cfg, device)  # the plain model of conf/model
-    step = TrainStep.sped_up(model, loss, optimizer, cfg.speed)  # its faster layers: vae_lab/speed
+    if ranks.is_distributed and cfg.trainer.sync_batchnorm:
+        model = synchronise_batchnorm(model, device)  # before the speed transform: no fused BatchNorm
+    step = TrainStep.sped_up(model, loss, optimizer, cfg.speed, ranks)  # its faster layers: vae_lab/speed
     data = build_data(cfg, device)
     check_model_fits_data(model, data.test_images)
+    check_data_parallel_run(ranks, cfg.trainer.batch_size, len(data.train_images), cfg.device)
     log.info(
         f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters), "
         f"{loss!r}, {len(data.train_images):,} training images, device {device}"
+        + (f", {ranks.world_size} processes" if ranks.is_distributed else "")
     )
-    logger = instantiate_node(cfg.logger, "logger", run_dir=run_dir)  # besides the run folder's own files
+    # the trackers, besides the run folder's own files: process 0's
+    logger = instantiate_node(cfg.logger, "logger", run_dir=run_dir) if ranks.is_main else NoLogger()
     try:
         logger.start(run_context(cfg, run_dir))
         last = fit(step, data, fit_settings(cfg, run_dir), run_dir, checkpoint, stop, logger)
+        if not ranks.is_main:
+            return None  # process 0 evaluates the trained model once and writes the run's files
         hand_back_freed_memory()  # what training kept for its steps: not part of evaluation's peak
         metrics, histograms = evaluate_run(cfg, model, data, loss, last, logger)
         figures = draw_run_figures(model, data, run_dir, cfg.seed, cfg.evaluation.enabled, histograms)
@@ -91,6 +118,8 @@ def run(
             "train_images": len(data.train_images),
             "test_images": len(data.test_images),
             "device": str(device),
+            "world_size": ranks.world_size,  # processes that trained the run together
+            "batch_per_process": cfg.trainer.batch_size // ranks.world_size,
             "threads": torch.get_num_threads(),
             "wall_time_s": round(time.perf_counter() - started, 2),
             "peak_memory_mib": peak_memory_mib(),
@@ -195,13 +224,15 @@ def train_app(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    ranks = join_data_parallel_run(run_dir)
     try:
-        checkpoint = starting_point(cfg, run_dir, in_sweep)
+        checkpoint = starting_point(cfg, run_dir, in_sweep, ranks.is_main)
     except VaeLabError:
         return None  # a job of a sweep that was refused: the sweep goes on
     finished = read_summary(run_dir).get("status") == "completed"
     if checkpoint and finished and checkpoint.epoch >= cfg.trainer.epochs:
-        checkpoints.restore_hydra_files(run_dir, checkpoint.hydra_files)
+        if ranks.is_main:
+            checkpoints.restore_hydra_files(run_dir, checkpoint.hydra_files)
         log.info(f"{run_dir} finished before ({checkpoint.epoch} epochs): left as it is")
         return objective_value(cfg.objective, read_summary(run_dir))
     launcher = watch_launcher() if in_worker_process() else None
@@ -210,14 +241,17 @@ def train_app(cfg: DictConfig) -> Optional[float]:
     try:
         with StopSignals(launcher) as stop:
             job_number = hydra_cfg.job.num if in_sweep else None
-            summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop, job_number)
+            summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop, job_number, ranks)
             late_stop = (stop.signum, stop.name) if stop.requested else None  # during evaluation
     except BaseException as error:
-        handle_failure(error, run_dir, in_sweep)
+        handle_failure(error, run_dir, in_sweep, ranks)
         return None
     finally:
         if launcher is not None:
             launcher.busy.clear()
+        end_process_group()
+    if summary is None:  # a process of a data-parallel run other than process 0: its part is done
+        return None
     log.info(f"Run folder: {run_dir}")
     log.info(
         f"Figures: {', '.join(summary['figures'])}  |  test {format_parts(summary['test'])} "
@@ -232,9 +266,25 @@ def train_app(cfg: DictConfig) -> Optional[float]:
     return objective_value(cfg.objective, summary)
 
 
-def starting_point(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> Optional[Checkpoint]:
+def join_data_parallel_run(run_dir: Path) -> Ranks:
+    """Give back this process's Ranks; in a run of several processes (torchrun's, or a submitit job's
+    tasks), the process group is up, every process trains into process 0's run folder, and only
+    process 0 writes to the run's log file."""
+    started_by_torchrun = process_group_started()  # main() started it: processes 1..N-1 wait for the folder
+    ranks = join_run()
+    if started_by_torchrun and ranks.is_main:
+        share_run_dir(ranks, str(run_dir))
+    if not ranks.is_main:
+        quiet_follower_logging()
+    return ranks
+
+
+def starting_point(
+    cfg: DictConfig, run_dir: Path, in_sweep: bool, writes: bool = True
+) -> Optional[Checkpoint]:
     """Give back the checkpoint the job goes on from (None: from scratch), after the checks, which touch
-    nothing. A refused single run exits with status 1; a refused job of a sweep raises its VaeLabError."""
+    nothing. A refused single run exits with status 1; a refused job of a sweep raises its VaeLabError.
+    writes=False (processes 1..N-1 of a data-parallel run): process 0 keeps the folder's record."""
     held_a_run = (run_dir / CHECKPOINT_FILE).exists()
     try:
         check_config(cfg)
@@ -242,7 +292,9 @@ def starting_point(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> Optional[C
         must_exist = cfg.trainer.resume and not in_sweep
         return checkpoints.resume_point(cfg, run_dir, resume, must_exist)
     except VaeLabError as error:
-        if held_a_run:  # the folder's run stays as it was: Hydra's rewritten config files are put back
+        if not writes:
+            pass
+        elif held_a_run:  # the folder's run stays as it was: Hydra's rewritten config files are put back
             checkpoints.put_back_hydra_files(run_dir)
         else:
             write_failure(run_dir, error)
@@ -252,9 +304,17 @@ def starting_point(cfg: DictConfig, run_dir: Path, in_sweep: bool) -> Optional[C
         raise
 
 
-def handle_failure(error: BaseException, run_dir: Path, in_sweep: bool) -> None:
+def handle_failure(error: BaseException, run_dir: Path, in_sweep: bool, ranks: Ranks = ONE_PROCESS) -> None:
     """Keep a job's failure in its summary.json, then say it in one line, exit, or raise, as it deserves."""
-    write_failure(run_dir, error)
+    if ranks.is_distributed and is_lost_process_error(error):
+        error = VaeLabError(
+            f"a process of this {ranks.world_size}-process run stopped, so the run stopped too "
+            f"({lost_process_reason(error)}); "
+            f"the last checkpoint in {run_dir} is kept: go on with the same command plus trainer.resume=true "
+            f"hydra.run.dir={run_dir}"
+        )
+    if ranks.is_main:
+        write_failure(run_dir, error)
     if isinstance(error, RunInterrupted):
         log.error(str(error))
         raise SystemExit(128 + error.signum) from None  # a stop signal ends a sweep too
@@ -291,11 +351,20 @@ def main() -> None:
     """The command line (python -m vae_lab.train, vae-lab-train): Hydra overrides in sys.argv."""
     os.environ[LAUNCHER_PID] = str(os.getpid())
     sys.argv[1:] = upgrade_legacy_overrides(sys.argv[1:])  # loss.likelihood=gaussian still works
+    ranks = ranks_from_environment()
+    if ranks.is_distributed:  # torchrun started this process: one run over world_size processes
+        refuse_sweep_under_torchrun(sys.argv[1:])
+        start_process_group(ranks)
+        if not ranks.is_main:  # train into process 0's run folder, which it sends once Hydra made it
+            sys.argv[1:] += follower_overrides(share_run_dir(ranks, None))
     require_launcher_plugin(sys.argv[1:])
     require_sweeper_plugin(sys.argv[1:])
     require_search_objective(sys.argv[1:], CONF_DIR)  # before any folder is made
     require_writable_output(sys.argv[1:])
-    train_app()
+    try:
+        train_app()
+    finally:
+        end_process_group()
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ class VAE(_EncoderDecoder):
         features = self.encoder(images)
         return Posterior(self.to_mean(features), self.to_log_var(features))
 
-    def forward(self, images: torch.Tensor) -> ModelOutput:
+    def forward(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None) -> ModelOutput:
+        """noise: the draws from N(0, I) of the reparameterisation (B, latent_dim), fresh where None."""
         mean, log_var = self.encode(images)
-        code = reparameterise(mean, log_var, torch.randn_like(mean))
+        code = reparameterise(mean, log_var, torch.randn_like(mean) if noise is None else noise)
         return ModelOutput(recon_logits=self.decoder(code), code=code, mean=mean, log_var=log_var)

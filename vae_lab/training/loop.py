@@ -3,6 +3,7 @@
 Training, the bench and the tests all step through `TrainStep`, so the three cannot drift apart.
 """
 
+import inspect
 import itertools
 import logging
 import time
@@ -21,6 +22,7 @@ from vae_lab.speed import SpeedOptions, speed_up
 from vae_lab.speed.cpu import cpu_features
 from vae_lab.training import checkpoint as checkpoints
 from vae_lab.training.checkpoint import Checkpoint, EpochPosition
+from vae_lab.training.distributed import ONE_PROCESS, Ranks, data_parallel
 from vae_lab.training.run_folder import write_metrics
 from vae_lab.training.stopping import RunInterrupted, StopSignals
 
@@ -40,33 +42,51 @@ class TrainStep:
     forward pass under bfloat16 autocast; the loss, the gradients and the optimiser stay in fp32.
     """
 
-    def __init__(self, model, loss, optimizer, speed: Optional[SpeedOptions] = None):
-        self.model, self.loss, self.optimizer = model, loss, optimizer
+    def __init__(
+        self, model, loss, optimizer, speed: Optional[SpeedOptions] = None, ranks: Ranks = ONE_PROCESS
+    ):
+        """ranks: this process's place in a run of several (vae_lab/training/distributed.py); the
+        step then takes the global batch, trains on this process's rows and averages the gradients."""
+        self.model, self.loss, self.optimizer, self.ranks = model, loss, optimizer, ranks
         speed = speed if speed is not None else SpeedOptions()  # every option off
         self.memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
-        self.forward_model = torch.compile(model) if speed.compile else model
+        device = next(model.parameters()).device
+        forward_model = data_parallel(model, device) if ranks.is_distributed else model
+        self.forward_model = torch.compile(forward_model) if speed.compile else forward_model
+        # the noise of the whole global batch, drawn alike in every process, as one process draws it
+        self.shares_noise = ranks.is_distributed and "noise" in inspect.signature(model.forward).parameters
         self.bf16 = speed.precision == "bf16"
         if self.bf16:
-            warn_if_bf16_is_slow_here(next(model.parameters()).device)
+            warn_if_bf16_is_slow_here(device)
 
     @classmethod
-    def sped_up(cls, model, loss, optimizer, speed) -> "TrainStep":
+    def sped_up(cls, model, loss, optimizer, speed, ranks: Ranks = ONE_PROCESS) -> "TrainStep":
         """The step of `model` with the faster layers of `speed` (a conf/speed node or SpeedOptions)
         swapped in first (vae_lab/speed/transform.py)."""
         options = SpeedOptions.of(speed)
-        return cls(speed_up(model, options), loss, optimizer, options)
+        return cls(speed_up(model, options), loss, optimizer, options, ranks)
 
     def train(self) -> None:
         self.forward_model.train()
 
     def __call__(self, batch: torch.Tensor) -> LossParts:
-        """Take one optimisation step on a batch of float images; give back the loss's parts."""
-        x = batch.contiguous(memory_format=self.memory_format)
+        """Take one optimisation step on a (global) batch of float images; give back the loss's parts
+        on this process's rows of it."""
+        rows = len(batch)
+        noise = None
+        if self.shares_noise:
+            noise = self.ranks.shard(torch.randn(rows, self.model.latent_dim, device=batch.device))
+        x = self.ranks.shard(batch).contiguous(memory_format=self.memory_format)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            output = self.forward_model(x)
+            output = self.forward_model(x) if noise is None else self.forward_model(x, noise=noise)
         parts = self.loss(output.float() if self.bf16 else output, x)
         self.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
+        if self.ranks.is_distributed and len(x) * self.ranks.world_size != rows:
+            # an uneven last batch: weigh each process's mean by its rows, so that the averaged
+            # gradient is the mean over the global batch
+            (parts.total * (len(x) * self.ranks.world_size / rows)).backward()
+        else:
+            parts.total.backward()
         self.optimizer.step()
         return parts
 
@@ -104,7 +124,7 @@ def train_epoch(
     generator.set_state(position.order_rng)  # the same permutation when an epoch is taken up again
     batches = shuffled_batches(len(images), batch_size, generator, images.device)
     num_batches = -(-len(images) // batch_size)
-    sums = PartSums(position, images.device)
+    sums = PartSums(position, images.device, step.ranks)
     started = time.perf_counter()
     bar = progress_bar(
         itertools.islice(batches, position.step, None), num_batches, position.step, desc, progress
@@ -112,17 +132,25 @@ def train_epoch(
     quarters = {num_batches * quarter // 4 for quarter in (1, 2, 3)} if bar.disable else set()
     for indices in bar:
         parts = step(data.train_batch(indices))
-        if not torch.isfinite(parts.total):  # a sync per step, small beside the step itself
+        # a sync per step, small beside the step itself; in a run of several processes, all of them
+        # learn whether any diverged or was asked to stop, and stop at the same step
+        diverged, stopping = step.ranks.any(
+            not torch.isfinite(parts.total), stop is not None and stop.requested, device=images.device
+        )
+        if diverged:
             raise TrainingDiverged(
                 f"the training loss became {parts.total.item()} at epoch {position.epoch}, step "
-                f"{position.step + 1} of {num_batches}: training stopped. Try a smaller optimizer.lr."
+                f"{position.step + 1} of {num_batches}"
+                + (" (in one of the processes)" if step.ranks.is_distributed else "")
+                + ": training stopped. Try a smaller optimizer.lr."
             )
-        sums.add(parts, len(indices))
+        sums.add(parts, step.ranks.shard_size(len(indices)))
         position.step += 1
         if position.step in quarters:
             seconds = position.train_s + time.perf_counter() - started
             log.info(f"{desc or 'epoch'}: step {position.step}/{num_batches}, {seconds:.0f} s")
-        if stop is not None and stop.requested and position.step < num_batches:
+        if stopping and position.step < num_batches:
+            stop.note_stop_elsewhere()  # where the signal reached another process first
             break
     sums.keep_in(position)
     position.train_s += time.perf_counter() - started
@@ -144,11 +172,13 @@ PARTS = ("total", "recon", "kl")  # the order of EpochPosition.sums in a checkpo
 
 class PartSums:
     """The epoch's running sums of each part x images, kept on the device (no sync per step), from an
-    EpochPosition's and back into it."""
+    EpochPosition's and back into it; in a run of several processes, summed over them there."""
 
-    def __init__(self, position: EpochPosition, device: torch.device):
-        self.position, self.device = position, device
+    def __init__(self, position: EpochPosition, device: torch.device, ranks: Ranks = ONE_PROCESS):
+        self.position, self.device, self.ranks = position, device, ranks
         saved = dict(zip(PARTS, position.sums, strict=True)) | position.term_sums
+        if not ranks.is_main:  # the saved sums are the whole run's: counted once, in process 0
+            saved = dict.fromkeys(saved, 0.0)
         self.sums = {name: torch.tensor(value, device=device) for name, value in saved.items()}
 
     def add(self, parts: LossParts, count: int) -> None:
@@ -160,6 +190,10 @@ class PartSums:
             self.sums[name] += value * count
 
     def keep_in(self, position: EpochPosition) -> None:
+        """Sum over the processes (once, at the epoch's end or stop), then keep in `position`."""
+        names = list(self.sums)
+        totals = self.ranks.sum(torch.stack([self.sums[name] for name in names]))
+        self.sums = dict(zip(names, totals, strict=True))
         position.sums = [self.sums[name].item() for name in PARTS]
         position.term_sums = {name: sum_.item() for name, sum_ in self.sums.items() if name not in PARTS}
 
@@ -203,10 +237,13 @@ def fit(
             f"resuming after epoch {checkpoint.epoch}"
             + (f", step {position.step} of epoch {position.epoch}" if position else "")
         )
-        write_metrics(run_dir, history)  # drops a line written after the checkpoint, before a kill
+        if step.ranks.is_main:
+            write_metrics(run_dir, history)  # drops a line written after the checkpoint, before a kill
 
     def save(position: Optional[EpochPosition]) -> None:
-        checkpoints.save(run_dir, checkpoint_of(step, history, generator, settings, position))
+        """Process 0 writes the checkpoint; every process waits for it where it is the last one."""
+        if step.ranks.is_main:
+            checkpoints.save(run_dir, checkpoint_of(step, history, generator, settings, position))
 
     for epoch in range(len(history) + 1, settings.epochs + 1):
         if position is None:
@@ -217,6 +254,7 @@ def fit(
         )
         if train is None:  # a stop signal: keep the epoch's place
             save(position)
+            step.ranks.wait_for_all()
             stop_now(stop, run_dir, f"epoch {epoch}, step {position.step}")
         evaluated = time.perf_counter()
         test = evaluate_loss(step.model, step.loss, data.test_images, settings.eval_batch_size, settings.seed)
@@ -224,14 +262,17 @@ def fit(
         history.append(epoch_record(epoch, train, test, position, eval_s, len(data.train_images)))
         position = None
         save(None)  # the checkpoint first: metrics.jsonl is rewritten from it on resume
-        write_metrics(run_dir, history)
+        if step.ranks.is_main:
+            write_metrics(run_dir, history)
         if logger is not None:
             logger.log_epoch(history[-1])
         log.info(
             f"epoch {epoch}/{settings.epochs}  train: {format_parts(train)}  |  test: {format_parts(test)}  "
             f"|  {history[-1]['train_s']:.1f} s, {history[-1]['train_images_per_s']:.0f} img/s"
         )
-        if stop is not None and stop.requested:
+        if step.ranks.any(stop is not None and stop.requested, device=data.train_images.device)[0]:
+            stop.note_stop_elsewhere()
+            step.ranks.wait_for_all()
             stop_now(stop, run_dir, f"the end of epoch {epoch}")
     return history[-1]
 

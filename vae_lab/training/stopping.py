@@ -58,6 +58,11 @@ class StopSignals:
         name = signal.Signals(self.signum).name if self.signum is not None else ""
         return f"{name} ({self.reason})" if self.reason else name
 
+    def note_stop_elsewhere(self) -> None:
+        """Another process of the same run was asked to stop: this one stops with it, at the same step."""
+        if self.signum is None:
+            self.signum, self.reason = signal.SIGTERM, "sent to another process of this run"
+
     def _note(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
