@@ -17,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,launchers,tensorboard,wandb,optuna]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,launchers,tensorboard,wandb,mlflow,optuna]"
 	touch $@ $(VENV)/.installed-demo
 
 # The demo's share of the set-up (the launchers, not the trackers); `make setup` adds the rest.
