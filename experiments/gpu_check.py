@@ -1,5 +1,6 @@
 """The GPU check: on a machine with CUDA, the test suite (tests/test_on_device.py on the GPU, the rest
-as in CI), the speed bench with --device cuda and a 2-epoch ablation, then a short report.
+as in CI), the speed bench with --device cuda, a 2-epoch ablation and one run over every visible GPU
+with torchrun (one process where there is one GPU; docs/scaling.md), then a short report.
 
     make gpu-check                                   # = python experiments/gpu_check.py
     python experiments/gpu_check.py --steps bench    # some of the steps: tests, bench, ablation
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("tests", "bench", "ablation")
+STEPS = ("tests", "bench", "ablation", "data_parallel")
 LIGHT_EVALUATION = ["evaluation.iwae_images=200", "evaluation.prior_samples=2000"]
 
 
@@ -49,7 +50,21 @@ def step_commands(device: str, quick: bool, out: Path) -> dict[str, tuple[list[s
         "tests": (tests, {"VAE_LAB_TEST_DEVICE": device}),
         "bench": (bench, {}),
         "ablation": (ablation, {}),
+        "data_parallel": (data_parallel_command(device, quick, out), {}),
     }
+
+
+def data_parallel_command(device: str, quick: bool, out: Path) -> list[str]:
+    """torchrun over every visible GPU (one process with one GPU; two gloo processes on a CPU dry run):
+    the article's VAE for one epoch, its summary.json naming the world size."""
+    processes = max(1, torch.cuda.device_count()) if device.startswith("cuda") else 2
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    run += ["-m", "vae_lab.train", "model=vae", "trainer.epochs=1", "trainer.progress=false"]
+    run += [
+        "device=cuda" if device.startswith("cuda") else "device=cpu",
+        f"hydra.run.dir={out / 'data_parallel'}",
+    ]
+    return run + (["data.limit=1024", "evaluation.enabled=false"] if quick else LIGHT_EVALUATION)
 
 
 def run_step(name: str, command: list[str], environment: dict, out: Path) -> StepResult:
@@ -99,10 +114,24 @@ def format_report(device: str, results: list[StepResult], out: Path) -> str:
             lines.append(format_table(json.loads((out / "bench.json").read_text())))
         elif result.name == "ablation" and (out / "ablation" / "comparison.md").is_file():
             lines.append((out / "ablation" / "comparison.md").read_text().strip())
+        elif result.name == "data_parallel" and (out / "data_parallel" / "summary.json").is_file():
+            lines.append(data_parallel_line(out / "data_parallel" / "summary.json"))
         else:
             lines += ["```", result.tail, "```"]
         lines += ["", f"(full output: {result.name}.log)"]
     return "\n".join(lines) + "\n"
+
+
+def data_parallel_line(summary_file: Path) -> str:
+    import json
+
+    summary = json.loads(summary_file.read_text())
+    if summary.get("status") != "completed":
+        return f"status {summary.get('status')}: {summary.get('error')}"
+    return (
+        f"{summary['world_size']} process(es), {summary['batch_per_process']} images per process and step, "
+        f"test loss {summary['test']['total']:.2f} nats per image, {summary['wall_time_s']:.0f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ def test_without_cuda_it_says_so_in_one_line_and_names_the_dry_run(gpu_check, mo
     assert "--device cuda, but torch" in message and "sees no CUDA device" in message and "--quick" in message
     assert list(tmp_path.iterdir()) == []  # nothing written
     assert gpu_check.main(["--device", "cpu", "--steps", "tests,speed", "--out", str(tmp_path)]) == 2
-    assert "names speed; choose from tests, bench, ablation" in capsys.readouterr().out
+    assert "names speed; choose from tests, bench, ablation, data_parallel" in capsys.readouterr().out
 
 
 def test_on_cuda_the_tests_run_on_the_gpu_and_the_bench_and_ablation_use_it(gpu_check, tmp_path):
@@ -35,7 +35,11 @@ def test_on_cuda_the_tests_run_on_the_gpu_and_the_bench_and_ablation_use_it(gpu_
     assert bench[bench.index("--device") + 1] == "cuda" and "--rounds" not in bench
     ablation, _ = commands["ablation"]
     assert "device=cuda" in ablation and "trainer.epochs=2" in ablation
+    data_parallel, _ = commands["data_parallel"]
+    processes = max(1, gpu_check.torch.cuda.device_count())
+    assert f"--nproc_per_node={processes}" in data_parallel and "device=cuda" in data_parallel
     quick = gpu_check.step_commands("cpu", quick=True, out=tmp_path)
+    assert "--nproc_per_node=2" in quick["data_parallel"][0] and "device=cpu" in quick["data_parallel"][0]
     assert quick["tests"][0][-1] == "tests/test_on_device.py" and "trainer.epochs=1" in quick["ablation"][0]
 
 
