@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from vae_lab.errors import ConfigError
+
 log = logging.getLogger("vae_lab.data")
 
 
@@ -21,6 +23,7 @@ class ImageData:
     test_labels: torch.Tensor
     class_names: list[str]
     dynamic_binarization: bool = False  # draw training pixels from Bernoulli(x) afresh at every batch
+    validation_images: torch.Tensor | None = None  # held out of the training split (early stopping)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -34,6 +37,7 @@ class ImageData:
             self.test_labels.to(device),
             self.class_names,
             self.dynamic_binarization,
+            None if self.validation_images is None else self.validation_images.to(device),
         )
 
     def train_batch(self, indices: torch.Tensor) -> torch.Tensor:
@@ -48,6 +52,24 @@ def resolve_root(root: str) -> Path:
 
 
 BINARIZE_CHOICES = ("none", "dynamic")
+
+
+def hold_out(
+    images: torch.Tensor, labels: torch.Tensor, validation: int | None, limit: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Give back (training images, their labels, validation images): the last `validation` images of
+    the training split held out (None: none), then the first `limit` of the rest to train on."""
+    if validation is not None and not 0 < validation < len(images):
+        raise ConfigError(
+            f"data.validation={validation} cannot be held out of {len(images):,} training images: give "
+            f"a number of images from 1 to {len(images) - 1:,} (e.g. 10000), or null for no validation split"
+        )
+    kept = len(images) - (validation or 0)
+    held_out = images[kept:] if validation else None
+    images, labels = images[:kept], labels[:kept]
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels, held_out
 
 
 def binarize_once(images: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from vae_lab.data.decoding import file_md5, torchvision_datasets
-from vae_lab.data.images import ImageData, binarize_once, resolve_root
+from vae_lab.data.images import ImageData, binarize_once, hold_out, resolve_root
 from vae_lab.errors import DataError
 
 log = logging.getLogger("vae_lab.data")
@@ -26,12 +26,17 @@ MNIST_FILES = (
 
 
 def load_mnist(
-    root: str = "data", limit: Optional[int] = None, download: bool = True, binarize: str = "none"
+    root: str = "data",
+    limit: Optional[int] = None,
+    download: bool = True,
+    binarize: str = "none",
+    validation: Optional[int] = None,
 ) -> ImageData:
     """Give back MNIST, downloaded and unpacked into `root` by torchvision where it is missing.
 
     binarize="dynamic" (the binarised-MNIST literature's variant): training pixels are drawn from
     Bernoulli(x) afresh at every batch, and the test split is binarised once with a fixed seed.
+    validation=N holds the last N training images out (binarised once, as the test split).
     """
     hint = (
         "Download them from the MNIST site, copy them in by hand "
@@ -46,11 +51,16 @@ def load_mnist(
         download,
         binarize,
         hint,
+        validation,
     )
 
 
 def load_fashion_mnist(
-    root: str = "data", limit: Optional[int] = None, download: bool = True, binarize: str = "none"
+    root: str = "data",
+    limit: Optional[int] = None,
+    download: bool = True,
+    binarize: str = "none",
+    validation: Optional[int] = None,
 ) -> ImageData:
     """Give back Fashion-MNIST (Xiao et al. 2017): the MNIST pipeline, clothes' names."""
     hint = "Download them from https://github.com/zalandoresearch/fashion-mnist (data/fashion/), copy them in"
@@ -64,6 +74,7 @@ def load_fashion_mnist(
         download,
         binarize,
         hint,
+        validation,
     )
 
 
@@ -76,6 +87,7 @@ def _load_idx_dataset(
     download: bool,
     binarize: str,
     hint: str,
+    validation: Optional[int] = None,
 ) -> ImageData:
     """Give back an MNIST-format data set (four IDX files under <root>/<name>/raw/) as ImageData.
 
@@ -107,9 +119,12 @@ def _load_idx_dataset(
                 f"(or unpacked, without .gz). {hint}, or point data.root or the "
                 f"VAE_LAB_DATA environment variable at a folder holding {name}/raw/."
             ) from error
-    if limit is not None:
-        train_images, train_labels = train_images[:limit], train_labels[:limit]
+    train_images, train_labels, validation_images = hold_out(train_images, train_labels, validation, limit)
     test_images = test_images.unsqueeze(1).contiguous()  # (N, 28, 28) -> (N, 1, 28, 28)
+    if validation_images is not None:
+        validation_images = validation_images.unsqueeze(1).contiguous()
+        if binarize == "dynamic":
+            validation_images = binarize_once(validation_images, seed=1)  # not the test split's draws
     return ImageData(
         train_images=train_images.unsqueeze(1).contiguous(),
         train_labels=train_labels.long(),
@@ -117,6 +132,7 @@ def _load_idx_dataset(
         test_labels=test_labels.long(),
         class_names=class_names,
         dynamic_binarization=binarize == "dynamic",
+        validation_images=validation_images,
     )
 
 
