@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.config import upgrade_legacy_model
 from vae_lab.errors import RunFolderError
-from vae_lab.training import checkpoint
+from vae_lab.training import checkpoint, early_stopping
 from vae_lab.training.run_folder import CHECKPOINT_FILE, CONFIG_FILE, read_metrics, read_summary
 
 
@@ -51,6 +51,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     config.model = upgrade_legacy_model(OmegaConf.to_container(config.model))
     model = instantiate(config.model)
     model.load_state_dict(checkpoint.load(run_dir).model)
+    if (run_dir / early_stopping.BEST_FILE).is_file():  # the weights early stopping kept, not the last
+        model.load_state_dict(torch.load(run_dir / early_stopping.BEST_FILE, map_location="cpu")["model"])
     model.to(device).eval()
     return Run(
         path=run_dir, config=config, model=model, summary=read_summary(run_dir), metrics=read_metrics(run_dir)
