@@ -108,14 +108,22 @@ def posterior_sections(model, data: ImageData, settings, likelihood, known: dict
     return {"iwae": iwae, "latent": latent, "latent_holes": {"prior": prior_holes}, "test_codes": mean}
 
 
-def iwae_section(model, data: ImageData, settings, likelihood) -> dict:
-    """Give back the IWAE bounds (Burda et al. 2016) on a stratified subset of the test split, in nats."""
-    subset = metrics.stratified_subset(data.test_labels, settings.iwae_images)
-    draws = inference.importance_draws(model, data.test_images[subset], settings.iwae_k, likelihood)
-    log_weights = metrics.importance_log_weights(draws.log_px_z, draws.z, draws.mean, draws.log_var)
+def iwae_section(model, data: ImageData, settings, likelihood, images_at_once: int = 1000) -> dict:
+    """Give back the IWAE bounds (Burda et al. 2016) in nats: -log p(x) estimated by importance sampling
+    with K = iwae_k draws from q(z|x) (nll_k<K>, and the nested K = 1, 10, 100), on a stratified subset
+    of the test split or, with iwae_images null, on every test image."""
+    if settings.iwae_images is None:
+        subset = torch.arange(len(data.test_images), device=data.test_labels.device)
+    else:
+        subset = metrics.stratified_subset(data.test_labels, settings.iwae_images)
+    log_weights = []  # (K, images), a chunk of images at a time: never every image's K draws at once
+    for chunk in subset.split(images_at_once):
+        draws = inference.importance_draws(model, data.test_images[chunk], settings.iwae_k, likelihood)
+        log_weights.append(metrics.importance_log_weights(draws.log_px_z, draws.z, draws.mean, draws.log_var))
     ks = tuple(sorted({k for k in (1, 10, 100, settings.iwae_k) if k <= settings.iwae_k}))
-    bounds = metrics.iwae_bounds(log_weights, ks)
-    return {f"nll_k{k}": -bound for k, bound in bounds.items()} | {"images": len(subset)}
+    bounds = metrics.iwae_bounds(torch.cat(log_weights, 1), ks)
+    nll = {f"nll_k{k}": -bound for k, bound in bounds.items()}
+    return nll | {"images": len(subset), "k": settings.iwae_k}
 
 
 def code_sections(test_codes: torch.Tensor, settings, holes) -> dict:
