@@ -17,9 +17,15 @@ from torch import nn
 
 from tests.conftest import REPO, python, write_fake_mnist
 from vae_lab.errors import ConfigError
-from vae_lab.training.distributed import Ranks, SyncBatchNorm2dCPU, check_data_parallel_run
+from vae_lab.training.distributed import Ranks, SyncBatchNorm2dCPU, check_data_parallel_run, check_last_batch
 
-RUN = ["trainer.epochs=1", "trainer.threads=1", "trainer.progress=false", "evaluation.enabled=false"]
+RUN = [
+    "device=cpu",
+    "trainer.epochs=1",
+    "trainer.threads=1",
+    "trainer.progress=false",
+    "evaluation.enabled=false",
+]
 TORCHRUN = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
@@ -76,15 +82,21 @@ def test_each_process_takes_every_nth_row_and_together_they_take_the_global_batc
     assert Ranks().shard(batch) is batch
 
 
-def test_a_run_that_cannot_be_split_over_the_processes_is_refused_in_one_line():
-    two = Ranks(rank=0, world_size=2)
+def test_a_run_that_cannot_be_split_over_the_processes_is_refused_in_one_line(monkeypatch):
+    two = Ranks(rank=0, world_size=2, local_world_size=2)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
     with pytest.raises(ConfigError, match="trainer.batch_size=65 cannot be split evenly over 2 processes"):
-        check_data_parallel_run(two, 65, 1024, "auto")
-    with pytest.raises(ConfigError, match="holds 1 images, fewer than the 2 processes"):
-        check_data_parallel_run(two, 64, 1025, "auto")
+        check_data_parallel_run(two, 65, "auto", cpu)
     with pytest.raises(ConfigError, match="device=cuda:0 in a run of 2 processes"):
-        check_data_parallel_run(two, 64, 1024, "cuda:0")
-    check_data_parallel_run(Ranks(), 65, 1025, "cuda:0")  # one process: nothing to split
+        check_data_parallel_run(two, 64, "cuda:0", gpu)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="2 processes on this machine, and torch sees 1 GPU"):
+        check_data_parallel_run(two, 64, "auto", gpu)
+    check_data_parallel_run(two, 64, "auto", cpu)  # gloo: any number of processes
+    check_data_parallel_run(Ranks(), 65, "cuda:0", gpu)  # one process: nothing to split
+    with pytest.raises(ConfigError, match="holds 1 images, fewer than the 2 processes"):
+        check_last_batch(two, 64, 1025)
+    check_last_batch(two, 64, 1026)
 
 
 def test_the_cpu_synchronised_batchnorm_computes_what_batchnorm_computes():

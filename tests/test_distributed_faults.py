@@ -17,6 +17,7 @@ from tests.conftest import REPO, python, write_fake_mnist
 from vae_lab.runs import load_run
 
 RUN = [
+    "device=cpu",  # gloo, also on a machine with a GPU
     "model=mlp_vae",
     "trainer.batch_size=32",
     "trainer.threads=1",

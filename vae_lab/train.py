@@ -36,6 +36,7 @@ from vae_lab.training.distributed import (
     ONE_PROCESS,
     Ranks,
     check_data_parallel_run,
+    check_last_batch,
     end_process_group,
     follower_overrides,
     is_lost_process_error,
@@ -86,13 +87,14 @@ def run(
     set_threads(cfg.trainer.threads, max(parallel_jobs, ranks.local_world_size))
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device, job_number, ranks.local_rank if ranks.is_distributed else None)
+    check_data_parallel_run(ranks, cfg.trainer.batch_size, cfg.device, device)
     model, loss, optimizer = build(cfg, device)  # the plain model of conf/model
     if ranks.is_distributed and cfg.trainer.sync_batchnorm:
         model = synchronise_batchnorm(model, device)  # before the speed transform: no fused BatchNorm
-    step = TrainStep.sped_up(model, loss, optimizer, cfg.speed, ranks)  # its faster layers: vae_lab/speed
     data = build_data(cfg, device)
     check_model_fits_data(model, data.test_images)
-    check_data_parallel_run(ranks, cfg.trainer.batch_size, len(data.train_images), cfg.device)
+    check_last_batch(ranks, cfg.trainer.batch_size, len(data.train_images))
+    step = TrainStep.sped_up(model, loss, optimizer, cfg.speed, ranks)  # its faster layers: vae_lab/speed
     log.info(
         f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters), "
         f"{loss!r}, {len(data.train_images):,} training images, device {device}"

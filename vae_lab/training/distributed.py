@@ -182,8 +182,8 @@ def is_lost_process_error(error: BaseException) -> bool:
     )
 
 
-def check_data_parallel_run(ranks: Ranks, batch_size: int, train_images: int, device_name: str) -> None:
-    """Refuse, in one line, a run that cannot be split over the processes."""
+def check_data_parallel_run(ranks: Ranks, batch_size: int, device_name: str, device: torch.device) -> None:
+    """Refuse, in one line and before anything is built, a run that cannot be split over the processes."""
     if not ranks.is_distributed:
         return
     if batch_size % ranks.world_size:
@@ -196,8 +196,19 @@ def check_data_parallel_run(ranks: Ranks, batch_size: int, train_images: int, de
             f"device={device_name} in a run of {ranks.world_size} processes: each process takes its own "
             "GPU (cuda:LOCAL_RANK). Use device=auto or device=cuda."
         )
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and ranks.local_world_size > gpus:
+        raise ConfigError(
+            f"{ranks.local_world_size} processes on this machine, and torch sees {gpus} GPU(s): each process "
+            f"needs its own. Start at most {gpus} (torchrun --nproc_per_node={gpus}), or train on the CPU "
+            "with device=cpu."
+        )
+
+
+def check_last_batch(ranks: Ranks, batch_size: int, train_images: int) -> None:
+    """Refuse a last batch with fewer images than processes (one of them would have none)."""
     last = train_images % batch_size
-    if 0 < last < ranks.world_size:
+    if ranks.is_distributed and 0 < last < ranks.world_size:
         raise ConfigError(
             f"the last batch of the {train_images} training images holds {last} images, fewer than the "
             f"{ranks.world_size} processes: choose trainer.batch_size or data.limit so that it holds at "
