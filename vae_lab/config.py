@@ -208,6 +208,15 @@ class WandbLoggerSchema:
 
 
 @dataclass
+class MlflowLoggerSchema:
+    _target_: str = MISSING
+    tracking_uri: str = checked(
+        lambda v: isinstance(v, str) and v != "", "an MLflow tracking URI such as sqlite:///outputs/mlflow.db"
+    )
+    experiment: str = checked(lambda v: isinstance(v, str) and v != "", "an MLflow experiment name")
+
+
+@dataclass
 class MultiLoggerSchema:
     _target_: str = MISSING
     _recursive_: bool = MISSING
@@ -252,6 +261,7 @@ GROUP_SCHEMAS = {
         "none_schema": NoLoggerSchema,
         "tensorboard_schema": TensorBoardLoggerSchema,
         "wandb_schema": WandbLoggerSchema,
+        "mlflow_schema": MlflowLoggerSchema,
         "multi_schema": MultiLoggerSchema,
     },
 }
