@@ -74,6 +74,14 @@ def data_root(tmp_path_factory) -> Path:
     return write_fake_mnist(tmp_path_factory.mktemp("data"), train_count=1024, test_count=128)
 
 
+@pytest.fixture(scope="module")
+def one_process_mlp(tmp_path_factory, data_root) -> Path:
+    """The MLP VAE trained by one process: what the runs over two processes are compared with."""
+    run_dir = tmp_path_factory.mktemp("one_process") / "run"
+    train(data_root, "model=mlp_vae", "trainer.batch_size=64", f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
 def test_each_process_takes_every_nth_row_and_together_they_take_the_global_batch():
     batch = torch.arange(10)
     shards = [Ranks(rank=r, world_size=3).shard(batch) for r in range(3)]
@@ -130,11 +138,12 @@ def test_the_cpu_synchronised_batchnorm_computes_what_batchnorm_computes():
         dist.destroy_process_group()
 
 
-def test_two_processes_train_the_mlp_vae_to_the_parameters_of_one_process(tmp_path, data_root):
+def test_two_processes_train_the_mlp_vae_to_the_parameters_of_one_process(
+    tmp_path, data_root, one_process_mlp
+):
     """No BatchNorm, no dropout: the same batches and the same noise, so the same run to float rounding.
     torchrun with no hydra.run.dir: both processes train into one run folder."""
-    one = tmp_path / "one"
-    train(data_root, "model=mlp_vae", "trainer.batch_size=64", f"hydra.run.dir={one}")
+    one = one_process_mlp
     train(data_root, "model=mlp_vae", "trainer.batch_size=64", processes=2, cwd=tmp_path)
     folders = [p.parent for p in (tmp_path / "outputs").rglob("summary.json")]
     assert len(folders) == 1, folders
@@ -173,11 +182,10 @@ def test_two_processes_with_synchronised_batchnorm_train_the_conv_vae_as_one_pro
     assert all(ours[key] == theirs[key] for key in theirs if "num_batches" in key)
 
 
-def test_a_submitit_job_of_two_tasks_trains_one_run_over_both(tmp_path, data_root):
+def test_a_submitit_job_of_two_tasks_trains_one_run_over_both(tmp_path, data_root, one_process_mlp):
     """hydra/launcher=submitit_local with two tasks per node: what slurm_ddp does on a cluster."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    train(data_root, "model=mlp_vae", "trainer.batch_size=64", f"hydra.run.dir={tmp_path / 'one'}")
     result = subprocess.run(
         [
             python(),
@@ -201,4 +209,4 @@ def test_a_submitit_job_of_two_tasks_trains_one_run_over_both(tmp_path, data_roo
     jobs = [p.parent for p in sweep.rglob("summary.json")]
     assert len(jobs) == 1
     assert summary(jobs[0])["world_size"] == 2
-    assert largest_difference_beside_largest_weight(weights(jobs[0]), weights(tmp_path / "one")) < 1e-4
+    assert largest_difference_beside_largest_weight(weights(jobs[0]), weights(one_process_mlp)) < 1e-4
