@@ -255,7 +255,7 @@ def fit(
         if train is None:  # a stop signal: keep the epoch's place
             save(position)
             step.ranks.wait_for_all()
-            stop_now(stop, run_dir, f"epoch {epoch}, step {position.step}")
+            stop_now(stop, run_dir, f"epoch {epoch}, step {position.step}", step.ranks)
         evaluated = time.perf_counter()
         test = evaluate_loss(step.model, step.loss, data.test_images, settings.eval_batch_size, settings.seed)
         eval_s = time.perf_counter() - evaluated
@@ -273,7 +273,7 @@ def fit(
         if step.ranks.any(stop is not None and stop.requested, device=data.train_images.device)[0]:
             stop.note_stop_elsewhere()
             step.ranks.wait_for_all()
-            stop_now(stop, run_dir, f"the end of epoch {epoch}")
+            stop_now(stop, run_dir, f"the end of epoch {epoch}", step.ranks)
     return history[-1]
 
 
@@ -321,12 +321,17 @@ def format_parts(numbers: dict[str, Optional[float]]) -> str:
     return "  ".join(f"{name} {value}" for name, value in shown.items())
 
 
-def stop_now(stop: StopSignals, run_dir: Path, where: str) -> None:
+REQUEUE_WAIT_S = 60  # a task other than 0 of a submitit job, after a stop signal
+
+
+def stop_now(stop: StopSignals, run_dir: Path, where: str, ranks: Ranks = ONE_PROCESS) -> None:
     """After the checkpoint is saved: hand the signal to submitit (it requeues the job), or stop the run."""
     log.warning(f"{stop.name} received: checkpoint saved at {where} in {run_dir}")
     hand_over = stop.hand_over()
     if hand_over is not None:
-        hand_over()  # submitit requeues the job into the same folder and exits
+        hand_over()  # submitit requeues the job into the same folder and exits (in task 0)
+        if not ranks.is_main:  # the other tasks of a job wait for that requeue, which ends them
+            time.sleep(REQUEUE_WAIT_S)
     raise RunInterrupted(
         f"stopped by {stop.name} at {where}; the checkpoint is saved. Go on with the same command plus "
         f"`trainer.resume=true hydra.run.dir={run_dir}` (a sweep: the same command plus "
