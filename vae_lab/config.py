@@ -81,6 +81,7 @@ class IdxDataSchema(DataSchema):
 
     download: bool = MISSING
     binarize: str = one_of(*BINARIZE_CHOICES)
+    validation: Optional[int] = positive_int("for no validation split")  # the last N training images
 
 
 @dataclass
@@ -134,6 +135,11 @@ class OptimizerSchema:
 
 
 @dataclass
+class EarlyStoppingSchema:
+    patience: Optional[int] = positive_int("for no early stopping")  # epochs (training/early_stopping.py)
+
+
+@dataclass
 class TrainerSchema:
     epochs: int = positive_int()
     batch_size: int = positive_int()
@@ -142,6 +148,7 @@ class TrainerSchema:
     progress: bool = MISSING
     resume: bool = MISSING
     sync_batchnorm: bool = MISSING
+    early_stopping: EarlyStoppingSchema = field(default_factory=EarlyStoppingSchema)
 
 
 @dataclass
@@ -171,7 +178,7 @@ class ClassifierSchema:
 class EvaluationSchema:
     enabled: bool = MISSING
     iwae_k: int = positive_int()
-    iwae_images: int = positive_int()
+    iwae_images: Optional[int] = positive_int("for every test image")
     mi_images: Optional[int] = positive_int("for every test image")
     knn_k: int = positive_int()
     knn_train_images: int = positive_int()

@@ -184,6 +184,7 @@ def fit_settings(cfg: DictConfig, run_dir: Path) -> FitSettings:
         resume_config=checkpoints.resume_key_config(cfg),
         speed=SpeedOptions.of(cfg.speed).as_dict(),
         hydra_files=checkpoints.read_hydra_files(run_dir),
+        early_stopping_patience=cfg.trainer.early_stopping.patience,
     )
 
 

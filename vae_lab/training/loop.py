@@ -23,6 +23,7 @@ from vae_lab.speed.cpu import cpu_features
 from vae_lab.training import checkpoint as checkpoints
 from vae_lab.training.checkpoint import Checkpoint, EpochPosition
 from vae_lab.training.distributed import ONE_PROCESS, Ranks, data_parallel
+from vae_lab.training.early_stopping import EarlyStopping
 from vae_lab.training.run_folder import write_metrics
 from vae_lab.training.stopping import RunInterrupted, StopSignals
 
@@ -214,6 +215,7 @@ class FitSettings:
     resume_config: dict[str, Any]  # checkpoint.resume_key_config of the run
     speed: dict[str, Any]  # the speed options it trains with, kept in each checkpoint
     hydra_files: dict[str, str]  # the run's .hydra/*.yaml, kept in each checkpoint
+    early_stopping_patience: Optional[int] = None  # epochs; None: no early stopping (early_stopping.py)
 
 
 def fit(
@@ -240,12 +242,18 @@ def fit(
         if step.ranks.is_main:
             write_metrics(run_dir, history)  # drops a line written after the checkpoint, before a kill
 
+    stopper = EarlyStopping.start(
+        settings.early_stopping_patience, data, run_dir, history, step.model, step.ranks.is_main
+    )
+
     def save(position: Optional[EpochPosition]) -> None:
         """Process 0 writes the checkpoint; every process waits for it where it is the last one."""
         if step.ranks.is_main:
             checkpoints.save(run_dir, checkpoint_of(step, history, generator, settings, position))
 
     for epoch in range(len(history) + 1, settings.epochs + 1):
+        if stopper is not None and stopper.exhausted(history):
+            break  # a resumed run that early stopping had ended
         if position is None:
             position = EpochPosition(epoch=epoch, order_rng=generator.get_state())
         desc = f"epoch {epoch}/{settings.epochs}"
@@ -260,6 +268,10 @@ def fit(
         test = evaluate_loss(step.model, step.loss, data.test_images, settings.eval_batch_size, settings.seed)
         eval_s = time.perf_counter() - evaluated
         history.append(epoch_record(epoch, train, test, position, eval_s, len(data.train_images)))
+        if stopper is not None:
+            history[-1]["validation"] = stopper.validation_loss(
+                step.model, step.loss, data, settings.eval_batch_size, settings.seed
+            )
         position = None
         save(None)  # the checkpoint first: metrics.jsonl is rewritten from it on resume
         if step.ranks.is_main:
@@ -274,7 +286,9 @@ def fit(
             stop.note_stop_elsewhere()
             step.ranks.wait_for_all()
             stop_now(stop, run_dir, f"the end of epoch {epoch}", step.ranks)
-    return history[-1]
+        if stopper is not None and stopper.after_epoch(history, step.model, step.ranks.is_main):
+            break
+    return history[-1] if stopper is None else stopper.finish(history, step.model)  # the kept epoch's
 
 
 def checkpoint_of(
