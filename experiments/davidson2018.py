@@ -219,7 +219,9 @@ if __name__ == "__main__":
     parser.add_argument("--train-for-s", type=float, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None)
     parser.add_argument("--estimator-check", type=Path, default=None)
-    args, overrides = parser.parse_known_args()
+    # Hydra overrides (key=value) may stand anywhere, also after a list such as --seeds 0 1 2
+    overrides = [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")]
+    args = parser.parse_args([arg for arg in sys.argv[1:] if arg not in overrides])
     if args.estimator_check:
         print(json.dumps(estimator_check(args.estimator_check)))
     elif args.table:

@@ -149,6 +149,7 @@ class TrainerSchema:
     resume: bool = MISSING
     sync_batchnorm: bool = MISSING
     early_stopping: EarlyStoppingSchema = field(default_factory=EarlyStoppingSchema)
+    kl_warmup_epochs: Optional[int] = positive_int("for the loss's own KL weight throughout")  # kl_warmup.py
 
 
 @dataclass

@@ -185,6 +185,7 @@ def fit_settings(cfg: DictConfig, run_dir: Path) -> FitSettings:
         speed=SpeedOptions.of(cfg.speed).as_dict(),
         hydra_files=checkpoints.read_hydra_files(run_dir),
         early_stopping_patience=cfg.trainer.early_stopping.patience,
+        kl_warmup_epochs=cfg.trainer.kl_warmup_epochs,
     )
 
 

@@ -127,13 +127,15 @@ def resume_key_config(cfg: DictConfig) -> dict[str, Any]:
     its numbers then depart from an uninterrupted run's (`resume_point`)."""
     kept = OmegaConf.to_container(cfg, resolve=True)
     data = {key: value for key, value in kept["data"].items() if key not in ("root", "download")}
+    warmup = kept["trainer"].get("kl_warmup_epochs")
+    kl_warmup = {"kl_warmup_epochs": warmup} if warmup is not None else {}  # absent from older runs
     return {
         "model": kept["model"],
         "loss": kept["loss"],
         "optimizer": kept["optimizer"],
         "data": data,
         "seed": kept["seed"],
-        "trainer": {"batch_size": kept["trainer"]["batch_size"]},
+        "trainer": {"batch_size": kept["trainer"]["batch_size"]} | kl_warmup,
     }
 
 

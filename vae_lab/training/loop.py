@@ -24,6 +24,7 @@ from vae_lab.training import checkpoint as checkpoints
 from vae_lab.training.checkpoint import Checkpoint, EpochPosition
 from vae_lab.training.distributed import ONE_PROCESS, Ranks, data_parallel
 from vae_lab.training.early_stopping import EarlyStopping
+from vae_lab.training.kl_warmup import check_warmup_loss, warmed_up
 from vae_lab.training.run_folder import write_metrics
 from vae_lab.training.stopping import RunInterrupted, StopSignals
 
@@ -216,6 +217,7 @@ class FitSettings:
     speed: dict[str, Any]  # the speed options it trains with, kept in each checkpoint
     hydra_files: dict[str, str]  # the run's .hydra/*.yaml, kept in each checkpoint
     early_stopping_patience: Optional[int] = None  # epochs; None: no early stopping (early_stopping.py)
+    kl_warmup_epochs: Optional[int] = None  # epochs; None: the KL weight as configured (kl_warmup.py)
 
 
 def fit(
@@ -245,6 +247,8 @@ def fit(
     stopper = EarlyStopping.start(
         settings.early_stopping_patience, data, run_dir, history, step.model, step.ranks.is_main
     )
+    loss = step.loss  # the test and validation splits are measured with it; training may lower its KL
+    check_warmup_loss(loss, settings.kl_warmup_epochs)
 
     def save(position: Optional[EpochPosition]) -> None:
         """Process 0 writes the checkpoint; every process waits for it where it is the last one."""
@@ -257,20 +261,24 @@ def fit(
         if position is None:
             position = EpochPosition(epoch=epoch, order_rng=generator.get_state())
         desc = f"epoch {epoch}/{settings.epochs}"
+        step.loss = warmed_up(loss, epoch, settings.kl_warmup_epochs)
         train = train_epoch(
             step, data, settings.batch_size, generator, position, stop, settings.progress, desc
         )
+        trained_with, step.loss = step.loss, loss
         if train is None:  # a stop signal: keep the epoch's place
             save(position)
             step.ranks.wait_for_all()
             stop_now(stop, run_dir, f"epoch {epoch}, step {position.step}", step.ranks)
         evaluated = time.perf_counter()
-        test = evaluate_loss(step.model, step.loss, data.test_images, settings.eval_batch_size, settings.seed)
+        test = evaluate_loss(step.model, loss, data.test_images, settings.eval_batch_size, settings.seed)
         eval_s = time.perf_counter() - evaluated
         history.append(epoch_record(epoch, train, test, position, eval_s, len(data.train_images)))
+        if settings.kl_warmup_epochs is not None:
+            history[-1]["kl_weight"] = trained_with.kl_weight  # train.total holds the KL at this weight
         if stopper is not None:
             history[-1]["validation"] = stopper.validation_loss(
-                step.model, step.loss, data, settings.eval_batch_size, settings.seed
+                step.model, loss, data, settings.eval_batch_size, settings.seed
             )
         position = None
         save(None)  # the checkpoint first: metrics.jsonl is rewritten from it on resume
