@@ -11,15 +11,13 @@ mlflow_runs.png and mlflow_compare.png. The sweep must have run with logger=mlfl
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tensorboard_screenshots import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402
+from tensorboard_screenshots import CHROMIUM, CHROMIUM_ARGS, free_port, local_server  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -27,24 +25,9 @@ def mlflow_server(store: str, port: int, timeout_s: float = 180):
     """Run the MLflow UI's server on the store until the block ends; yield its address once it answers."""
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=5).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"mlflow server did not start: {process.stderr.read()[-2000:]}"
-                    ) from None
-                time.sleep(1)
+    with local_server(command, f"{url}/health", "mlflow server", timeout_s):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def sweep_runs(store: str, sweep: Path, experiment: str):

@@ -40,26 +40,33 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def tensorboard(logdir: Path, port: int, timeout_s: float = 120):
-    """Run TensorBoard on logdir until the block ends; yield its address once it answers."""
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--load_fast", "false", "--reload_interval", "5"]
+def local_server(command: list[str], health_url: str, name: str, timeout_s: float):
+    """Run a web server's command until the block ends; wait until health_url answers first."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                urllib.request.urlopen(f"{url}/data/runs", timeout=5).read()
+                urllib.request.urlopen(health_url, timeout=5).read()
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"TensorBoard did not start: {process.stderr.read()[-2000:]}") from None
+                    raise SystemExit(f"{name} did not start: {process.stderr.read()[-2000:]}") from None
                 time.sleep(1)
-        yield url
+        yield
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def tensorboard(logdir: Path, port: int, timeout_s: float = 120):
+    """Run TensorBoard on logdir until the block ends; yield its address once it answers."""
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--load_fast", "false", "--reload_interval", "5"]
+    url = f"http://127.0.0.1:{port}"
+    with local_server(command, f"{url}/data/runs", "TensorBoard", timeout_s):
+        yield url
 
 
 def runs_with_events(logdir: Path) -> list[Path]:

@@ -4,18 +4,31 @@ machine."""
 
 import shutil
 import struct
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from vae_lab.config import check_config, register_schemas
 from vae_lab.speed import SpeedOptions, speed_up
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "MNIST" / "raw"
+
+
+def compose_run(*overrides: str):
+    """The config `python -m vae_lab.train <overrides>` runs with, checked as it checks it."""
+    register_schemas()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    check_config(cfg)
+    return cfg
 
 
 def write_idx_images(path: Path, images: np.ndarray) -> None:
@@ -76,6 +89,15 @@ FAST_EVALUATION = [
 
 def python() -> str:
     return sys.executable
+
+
+def wait_until(condition, process: subprocess.Popen, what: str, timeout_s: float = 120) -> None:
+    """Poll `condition` until it holds; fail where `process` ends first or `what` takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, f"the process ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to build the kernels")

@@ -9,20 +9,19 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torchvision import datasets
 
 from tests.conftest import (
     CELEBA_ATTRIBUTES,
     FAST_EVALUATION,
-    REPO,
+    compose_run,
     trust_fake_celeba,
     write_fake_celeba,
     write_fake_fashion_mnist,
     write_image_folder,
 )
-from vae_lab.config import check_config, register_schemas, upgrade_legacy_loss, upgrade_legacy_overrides
+from vae_lab.config import check_config, upgrade_legacy_loss, upgrade_legacy_overrides
 from vae_lab.data import celeba as celeba_module
 from vae_lab.data import decoding, load_celeba, load_fashion_mnist, load_image_folder
 from vae_lab.data import image_folder as image_folder_module
@@ -259,14 +258,6 @@ def test_flattened_metrics_keep_numbers_only():
 
 
 # ---------------------------------------------------------------- a few training steps on each
-
-
-def compose_run(*overrides: str):
-    register_schemas()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    check_config(cfg)
-    return cfg
 
 
 TINY_RUN = [

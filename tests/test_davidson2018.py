@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from tests.conftest import REPO, write_fake_mnist
-from vae_lab.config import check_config, register_schemas
+from tests.conftest import compose_run, write_fake_mnist
 from vae_lab.data import load_mnist
 from vae_lab.data.images import hold_out
 from vae_lab.errors import ConfigError
@@ -18,14 +16,6 @@ from vae_lab.losses import ELBO, Reconstruction
 from vae_lab.models import MLPDecoder, MLPEncoder
 from vae_lab.training.early_stopping import BEST_FILE, EarlyStopping, progress_of
 from vae_lab.training.kl_warmup import check_warmup_loss, kl_factor, warmed_up
-
-
-def compose_run(*overrides: str):
-    register_schemas()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    check_config(cfg)
-    return cfg
 
 
 def records(*validation_totals: float) -> list[dict]:

@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, python, write_fake_mnist
+from tests.conftest import REPO, python, wait_until, write_fake_mnist
 from vae_lab.runs import load_run
 
 RUN = [
@@ -59,14 +58,6 @@ def run_processes(run_dir: Path) -> dict[int, int]:
     return found
 
 
-def wait_for(condition, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert process.poll() is None, "the run ended first"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return write_fake_mnist(tmp_path_factory.mktemp("data"), train_count=2048, test_count=128)
@@ -82,7 +73,7 @@ def test_a_process_that_dies_ends_the_run_leaves_no_process_and_keeps_the_checkp
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: (run_dir / "checkpoint.pt").exists(), job)
+    wait_until(lambda: (run_dir / "checkpoint.pt").exists(), job, "the first checkpoint")
     rank_one = [pid for pid, rank in run_processes(run_dir).items() if rank == 1]
     assert rank_one, "process 1 was not found"
     os.kill(rank_one[0], signal.SIGKILL)
@@ -116,8 +107,10 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_matches_on
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for(
-        lambda: (run_dir / "train.log").exists() and "step 16/64" in (run_dir / "train.log").read_text(), job
+    wait_until(
+        lambda: (run_dir / "train.log").exists() and "step 16/64" in (run_dir / "train.log").read_text(),
+        job,
+        "step 16 of the first epoch",
     )
     job.send_signal(signal.SIGTERM)
     job.wait(timeout=120)
