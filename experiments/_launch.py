@@ -31,7 +31,7 @@ def all_jobs_at_once(jobs: int) -> list[str]:
 def train_the_classifier_once(arguments: list[str]) -> None:
     """Train (or find cached) the digit classifier the jobs' evaluation needs, before they start: jobs
     running at once would each train it, since none finds it cached yet."""
-    overrides = [arg for arg in arguments if arg.startswith(("data.", "evaluation."))]
+    overrides = [arg for arg in arguments if arg.startswith(("data.", "evaluation.", "experiment="))]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     if not cfg.evaluation.enabled:

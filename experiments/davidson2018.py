@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from _launch import train_the_classifier_once
 from omegaconf import OmegaConf
 
 # Table 1 of the paper, the N-VAE rows: log-likelihood, reconstruction (its RE) and KL, nats per image;
@@ -51,6 +52,7 @@ def epochs_done(run_dir: Path) -> int:
 
 def run_all(out: Path, latents: list[int], seeds: list[int], train_for_s: float | None, overrides: list[str]):
     """Train every (latent size, seed) at once; past train_for_s, stop them and evaluate their best epoch."""
+    train_the_classifier_once(["experiment=davidson2018", *overrides])  # not once in each job at once
     started = time.perf_counter()
     jobs = {}
     for latent in latents:
