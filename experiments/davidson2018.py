@@ -128,16 +128,14 @@ def estimator_check(run_dir: Path, ks=(1, 10, 100, 500, 1000, 5000), images: int
     """Give back -log p(x) estimated with each K in ks, nested from the same draws, for a run's kept
     weights on a stratified subset of its test split."""
     import torch
-    from hydra.utils import instantiate
 
+    from vae_lab import load_run
     from vae_lab.data import load_mnist
     from vae_lab.evaluation import inference, metrics
     from vae_lab.losses import BernoulliLikelihood
 
-    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    model = instantiate(config.model)
-    kept = torch.load(run_dir / "early_stopping_best.pt", map_location="cpu")
-    model.load_state_dict(kept["model"])
+    run = load_run(run_dir)  # the weights early stopping kept
+    config, model = run.config, run.model
     data = load_mnist(config.data.root, binarize=config.data.binarize, validation=config.data.validation)
     subset = metrics.stratified_subset(data.test_labels, images)
     torch.manual_seed(0)
@@ -151,7 +149,7 @@ def estimator_check(run_dir: Path, ks=(1, 10, 100, 500, 1000, 5000), images: int
     bounds = metrics.iwae_bounds(torch.cat(log_weights, 1), tuple(ks))
     return {
         "run": str(run_dir),
-        "epoch": kept["epoch"],
+        "epoch": run.summary["epochs"],
         "images": len(subset),
         "nll": {k: -bound for k, bound in bounds.items()},
         "seconds": round(time.perf_counter() - started, 1),
