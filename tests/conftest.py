@@ -65,6 +65,22 @@ def write_fake_mnist(
     return root
 
 
+@pytest.fixture(scope="session")
+def real_mnist_root(tmp_path_factory) -> Path:
+    """A data root holding a copy of the official MNIST archives of ../shared/data (torchvision unpacks
+    next to them, and ../shared is read-only); tests that use it skip where the archives are absent."""
+    import shutil
+
+    from vae_lab.data import MNIST_FILES
+
+    root = tmp_path_factory.mktemp("real_mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        shutil.copy(SHARED_MNIST / f"{name}.gz", raw)
+    return root
+
+
 @pytest.fixture
 def fake_mnist_root(tmp_path: Path) -> Path:
     return write_fake_mnist(tmp_path / "data")
@@ -83,6 +99,7 @@ FAST_EVALUATION = [
     "evaluation.mi_images=50",
     "evaluation.prior_samples=300",
     "evaluation.hole_draws=500",
+    "evaluation.quadrature_points=41",
     "evaluation.classifier.epochs=1",
 ]
 

@@ -49,7 +49,10 @@ def test_a_vae_run_logs_every_metric(vae_summary):
     assert 40 <= metrics["iwae"]["images"] <= 50  # 5 per class; the tiny test split lacks a few
     assert len(metrics["latent"]["kl_per_dim"]) == 2 and 0 <= metrics["latent"]["active_units"] <= 2
     assert 0 <= metrics["separability"]["knn_accuracy"] <= 1
-    assert 1 <= metrics["prior_samples"]["inception_score"] <= 10
+    exact = metrics["exact_likelihood"]["prior"]  # a 2-d latent: log p(x) by quadrature on the IWAE's images
+    assert exact["images"] == metrics["iwae"]["images"] and isinstance(exact["resolved"], bool)
+    assert exact["iwae_gap_k1"] == pytest.approx(metrics["iwae"]["nll_k1"] - exact["nll"])
+    assert exact["nll"] < metrics["iwae"]["nll_k1"]  # the ELBO is a bound on it
     assert 0 < metrics["evaluation_s"] < summary["wall_time_s"]
     latent = metrics["latent"]
     mi_images = metrics["iwae"]["images"]  # the same stratified 5 per class (mi_images=50, iwae_images=50)
@@ -59,11 +62,12 @@ def test_a_vae_run_logs_every_metric(vae_summary):
     holes = metrics["latent_holes"]["prior"]
     assert 0 <= holes["hole_mass"] <= 1 and holes["prior_draws"] == 500 and holes["hole_mass_se"] > 0
     prior = metrics["prior_samples"]
-    assert 0 <= prior["recognised_share"] <= prior["confident_share"] <= 1
+    assert 0 <= prior["precision"] <= 1 and prior["frechet_distance"] > 0
     assert prior["coverage_lowest_class"] <= prior["coverage"] <= prior["coverage_highest_class"]
     assert len(prior["coverage_per_class"]) == 10 and prior["density"] >= 0
     real = metrics["classifier"]["real_data"]
-    assert 0.5 < real["coverage"] <= 1 and real["density"] > 0 and real["real_distance_threshold"] > 0
+    assert 0.5 < real["coverage"] <= 1 and real["density"] > 0 and 0 < real["precision"] <= 1
+    assert real["frechet_distance"] == metrics["classifier"]["frechet_floor_train_vs_test"]
     for name in ("class_histogram.png", "interpolation.png"):
         assert name in summary["figures"] and (run_dir / name).is_file()
 
@@ -72,6 +76,7 @@ def test_an_autoencoder_gets_fitted_gaussian_samples_and_traversals(tmp_path, da
     summary = train(tmp_path / "ae", data_root, "model=mlp_ae", "loss=recon", "model.latent_dim=3")
     metrics = summary["metrics"]
     assert "iwae" not in metrics and metrics["likelihood"]["negative_elbo"] is None
+    assert metrics["exact_likelihood"] is None  # a 3-d latent: the quadrature is skipped, with a log line
     holes = metrics["latent_holes"]
     assert set(holes) == {"prior", "fitted_gaussian"} and "bandwidth" in holes["prior"]
     assert 0 <= metrics["fitted_gaussian_samples"]["coverage"] <= 1
@@ -81,8 +86,8 @@ def test_an_autoencoder_gets_fitted_gaussian_samples_and_traversals(tmp_path, da
 
 def test_a_vae_collapsed_onto_the_prior_decoding_grey_is_judged_as_kl_only_training_leaves_it(data_root):
     """The KL-only run: every posterior is the prior and the decoder's output is one grey image. The
-    confident-only share can read anything; the recognised share must be 0, the hole mass 0.05 and the
-    KL of the aggregate posterior and the mutual information 0."""
+    samples' precision must be below real images', the hole mass 0.05 and the KL of the aggregate
+    posterior and the mutual information 0."""
     from hydra import compose, initialize_config_dir
 
     from vae_lab.config import CONF_DIR, register_schemas
@@ -100,7 +105,7 @@ def test_a_vae_collapsed_onto_the_prior_decoding_grey_is_judged_as_kl_only_train
             layer.bias.zero_()  # posterior N(0, I) for every image; logits 0: every pixel 0.5
     data = load_mnist(str(data_root), download=False)
     metrics, _ = evaluate_model(model, data, cfg.evaluation, 0, str(data_root), progress=False)
-    assert metrics["prior_samples"]["recognised_share"] == 0.0
+    assert metrics["prior_samples"]["precision"] < metrics["classifier"]["real_data"]["precision"]
     assert metrics["prior_samples"]["coverage"] < 0.05  # one image repeated covers almost nothing
     holes = metrics["latent_holes"]["prior"]
     assert holes["hole_mass"] == pytest.approx(0.05, abs=4 * holes["hole_mass_se"] + 0.005)

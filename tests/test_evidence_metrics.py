@@ -1,11 +1,11 @@
-"""The evidence metrics (sample density / coverage, realism, latent holes, chunked MI) on known answers."""
+"""The evidence metrics (sample precision, density, coverage; latent holes; chunked MI) on known answers."""
 
 import math
 
 import pytest
 import torch
 
-from vae_lab.evaluation import metrics
+from vae_lab.evaluation import metrics, sample_quality
 
 
 def generator(seed: int) -> torch.Generator:
@@ -18,7 +18,7 @@ def generator(seed: int) -> torch.Generator:
 def test_two_samples_of_one_distribution_give_the_expected_coverage_and_density_one():
     g = generator(0)
     real, fake = torch.randn(2000, 8, generator=g), torch.randn(2000, 8, generator=g)
-    result = metrics.density_coverage(real, fake, k=5)
+    result = sample_quality.density_coverage(real, fake, k=5)
     expected = 1 - math.prod((2000 - i) / (4000 - i) for i in range(1, 6))  # 0.9689
     assert result["coverage"] == pytest.approx(expected, abs=0.015)
     assert result["density"] == pytest.approx(1.0, abs=0.05)
@@ -30,15 +30,15 @@ def test_one_image_repeated_covers_almost_nothing():
     g = generator(1)
     real = torch.randn(1000, 8, generator=g)
     fake = torch.randn(1, 8, generator=g).repeat(1000, 1)
-    result = metrics.density_coverage(real, fake, k=5)
+    result = sample_quality.density_coverage(real, fake, k=5)
     assert result["coverage"] < 0.02
 
 
 def test_chunking_does_not_change_the_answer_and_images_are_flattened():
     g = generator(2)
     real, fake = torch.rand(300, 1, 4, 4, generator=g), torch.rand(250, 1, 4, 4, generator=g)
-    whole = metrics.density_coverage(real, fake, k=3)
-    chunked = metrics.density_coverage(real, fake, k=3, chunk=37)
+    whole = sample_quality.density_coverage(real, fake, k=3)
+    chunked = sample_quality.density_coverage(real, fake, k=3, chunk=37)
     assert whole["density"] == chunked["density"] and whole["coverage"] == chunked["coverage"]
     assert torch.equal(whole["covered"], chunked["covered"])
 
@@ -50,7 +50,7 @@ def test_density_and_coverage_agree_with_the_authors_prdc(k, capsys):
     real = torch.randn(400, 12, generator=g, dtype=torch.float64)
     fake = 0.8 * torch.randn(500, 12, generator=g, dtype=torch.float64) + 0.3
     theirs = prdc.compute_prdc(real.numpy(), fake.numpy(), nearest_k=k)
-    ours = metrics.density_coverage(real, fake, k=k, chunk=128)
+    ours = sample_quality.density_coverage(real, fake, k=k, chunk=128)
     assert ours["density"] == pytest.approx(float(theirs["density"]), abs=1e-12)
     assert ours["coverage"] == pytest.approx(float(theirs["coverage"]), abs=1e-12)
     assert 0.1 < ours["coverage"] < 0.99  # a case where the numbers say something
@@ -63,59 +63,42 @@ def test_per_class_coverage_finds_the_class_the_fakes_miss():
     real = torch.randn(900, 4, generator=g)
     real[:, 0] += centres[labels]
     fake = torch.randn(300, 4, generator=g)  # only near class 0
-    covered = metrics.density_coverage(real, fake)["covered"]
-    result = metrics.per_class_coverage(covered, labels, 3)
+    covered = sample_quality.density_coverage(real, fake)["covered"]
+    result = sample_quality.per_class_coverage(covered, labels, 3)
     assert result["per_class"][0] > 0.8
     assert result["per_class"][1] == 0.0 and result["per_class"][2] == 0.0
     assert result["highest"] == result["per_class"][0]
     assert result["lowest"] == 0.0 and result["lowest_class"] == 1
-    with_absent = metrics.per_class_coverage(covered, labels, [0, 1, 2, 3])
+    with_absent = sample_quality.per_class_coverage(covered, labels, [0, 1, 2, 3])
     assert math.isnan(with_absent["per_class"][3]) and with_absent["lowest_class"] == 1
 
 
-# ---- recognised among real images
+# ---- precision (Kynkaanniemi et al. 2019), with the largest real balls pruned
 
 
-def test_nearest_distances_match_the_full_matrix():
+def test_precision_counts_samples_inside_a_real_ball_by_brute_force():
     g = generator(5)
-    queries, references = torch.randn(37, 1, 5, generator=g), torch.randn(53, 1, 5, generator=g)
-    expected = torch.cdist(queries.flatten(1), references.flatten(1)).min(1).values
-    assert torch.allclose(metrics.nearest_distances(queries, references, chunk=8), expected, atol=1e-5)
-    points = torch.randn(45, 5, generator=g, dtype=torch.float64)
-    full = torch.cdist(points, points)
-    full.fill_diagonal_(math.inf)
-    found = metrics.nearest_distances(points, points, chunk=7, exclude_self=True)
-    assert found.dtype == torch.float64
-    assert torch.allclose(found, full.min(1).values, atol=1e-10)
+    real, fake = torch.randn(300, 4, generator=g), 1.5 * torch.randn(200, 4, generator=g)
+    distances = torch.cdist(real.double(), real.double())
+    radii = distances.kthvalue(4, 1).values  # k = 3: the self-distance is the first
+    for quantile in (1.0, 0.5):
+        kept = radii <= torch.quantile(radii, quantile)
+        inside = (torch.cdist(fake.double(), real[kept].double()) < radii[kept]).any(1)
+        found = sample_quality.density_coverage(real, fake, k=3, chunk=64, kept_radii_quantile=quantile)
+        assert found["precision"] == pytest.approx(inside.double().mean().item(), abs=1e-12)
 
 
-def digit_like(count: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dark 28x28 images with a bright bar whose row depends on the label, plus a little noise."""
-    labels = torch.randint(0, 10, (count,), generator=g)
-    images = 0.15 * torch.rand(count, 1, 28, 28, generator=g)
-    for image, label in zip(images, labels, strict=True):
-        image[0, 2 + 2 * label : 5 + 2 * label, 4:24] = 1.0
-    return images, labels
-
-
-def test_grey_noise_is_not_counted_even_when_the_classifier_is_sure():
+def test_an_outlying_real_image_does_not_make_a_far_sample_count_as_real():
     g = generator(6)
-    train, _ = digit_like(500, g)
-    test, _ = digit_like(200, g)
-    threshold = metrics.real_distance_threshold(metrics.nearest_distances(test, train))
-    assert threshold == pytest.approx(torch.quantile(metrics.nearest_distances(test, train).double(), 0.95))
-    real_like, _ = digit_like(100, g)
-    grey = (0.5 + 0.02 * torch.randn(100, 1, 28, 28, generator=g)).clamp(0, 1)
-    confident = torch.full((100, 10), 0.05 / 9)
-    confident[:, 3] = 0.95
-    grey_share = metrics.recognised_and_real(confident, metrics.nearest_distances(grey, train), threshold)
-    real_share = metrics.recognised_and_real(
-        confident, metrics.nearest_distances(real_like, train), threshold
-    )
-    assert grey_share == 0.0
-    assert real_share > 0.85
-    unsure = torch.full((100, 10), 0.1)
-    assert metrics.recognised_and_real(unsure, metrics.nearest_distances(real_like, train), threshold) == 0.0
+    cluster = 0.1 * torch.randn(200, 2, generator=g)
+    outliers = torch.tensor([[20.0, 0.0], [20.0, 9.0], [29.0, 0.0], [20.0, -9.0], [11.0, 0.0], [29.0, 9.0]])
+    real = torch.cat([cluster, outliers])  # six points far from the cluster and from each other
+    far_fake = torch.tensor([[21.0, 1.0]]).repeat(10, 1)  # inside the outliers' wide balls only
+    near_fake = 0.1 * torch.randn(10, 2, generator=g)
+    every_ball = sample_quality.density_coverage(real, far_fake, k=3, kept_radii_quantile=1.0)
+    assert every_ball["precision"] == 1.0  # the plain improved precision is fooled
+    assert sample_quality.density_coverage(real, far_fake, k=3)["precision"] == 0.0
+    assert sample_quality.density_coverage(real, near_fake, k=3)["precision"] >= 0.3
 
 
 # ---- aggregate posterior holes (Hoffman and Johnson 2016; Rosca et al. 2018)

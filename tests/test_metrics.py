@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vae_lab.evaluation import metrics
+from vae_lab.evaluation import metrics, sample_quality
 from vae_lab.evaluation.inference import importance_draws
 from vae_lab.evaluation.metrics import stratified_subset
 from vae_lab.losses import BernoulliLikelihood
@@ -56,19 +56,10 @@ def test_knn_accuracy_on_codes_that_are_a_function_of_the_label():
     assert metrics.majority_share(torch.tensor([0, 0, 0, 1])) == 0.75
 
 
-def test_prior_sample_scores_of_a_perfect_classifier():
-    even = torch.eye(10).repeat(100, 1)  # every class alike, each sample certain
-    scores = metrics.prior_sample_scores(even)
-    assert scores["confident_share"] == 1.0 and scores["mean_confidence"] == 1.0
-    assert scores["class_entropy_share"] == pytest.approx(1.0)
-    assert scores["classes_covered"] == 10
-    assert scores["inception_score"] == pytest.approx(10.0)
-    one_class = torch.eye(10)[torch.zeros(100, dtype=torch.long)]
-    collapsed = metrics.prior_sample_scores(one_class)
-    assert collapsed["classes_covered"] == 1 and collapsed["inception_score"] == pytest.approx(1.0)
-    assert collapsed["class_entropy_share"] == pytest.approx(0.0)
-    unsure = metrics.prior_sample_scores(torch.full((50, 10), 0.1))
-    assert unsure["confident_share"] == 0.0 and unsure["mean_confidence"] == pytest.approx(0.1)
+def test_class_histogram_counts_each_predicted_class():
+    probabilities = torch.eye(10)[torch.tensor([3, 3, 1, 9])]
+    histogram = sample_quality.class_histogram(probabilities)
+    assert histogram.tolist() == [0, 0.25, 0, 0.5, 0, 0, 0, 0, 0, 0.25]
 
 
 def test_frechet_distance_of_two_known_gaussians():
@@ -77,8 +68,8 @@ def test_frechet_distance_of_two_known_gaussians():
     shift = torch.tensor([1.0, 2.0, 0.0])
     b = torch.randn(20000, 3, generator=generator) * 2 + shift
     # |mu|^2 + tr(I + 4I - 2 * 2I) = 5 + 3
-    assert metrics.frechet_distance(a, b) == pytest.approx(8.0, rel=0.03)
-    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert sample_quality.frechet_distance(a, b) == pytest.approx(8.0, rel=0.03)
+    assert sample_quality.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_stratified_subset_takes_the_same_count_of_each_class():

@@ -18,13 +18,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def mnist_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in MNIST_FILES:  # copy: torchvision unpacks next to the files, and ../shared is read-only
-        shutil.copy(SHARED_MNIST / f"{name}.gz", raw)
-    return root
+def mnist_root(real_mnist_root):
+    return real_mnist_root
 
 
 def test_the_official_files_load_with_their_known_sizes(mnist_root):

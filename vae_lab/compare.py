@@ -36,18 +36,18 @@ HEADLINE_METRICS = {
     "metrics_latent_mutual_information_max": "MI cap (log N)",
     "metrics_latent_active_units": "active units",
     "metrics_separability_knn_accuracy": "5-NN acc.",
-    "metrics_prior_samples_recognised_share": "samples recognised (confident and real)",
-    "metrics_prior_samples_confident_share": "samples classified confidently",
+    "metrics_exact_likelihood_prior_nll": "exact NLL (2-d quadrature)",
+    "metrics_exact_likelihood_prior_iwae_gap_k100": "IWAE K=100 gap to exact",
+    "metrics_exact_likelihood_prior_mean_abs_spacing_change_nats": "quadrature: change at twice the spacing",
+    "metrics_exact_likelihood_fitted_gaussian_nll": "exact NLL, fitted Gaussian",
     "metrics_prior_samples_coverage": "coverage",
-    "metrics_prior_samples_density": "density",
     "metrics_prior_samples_coverage_lowest_class": "lowest class coverage",
-    "metrics_prior_samples_classes_covered": "digits covered",
     "metrics_prior_samples_frechet_distance": "FD",
     "metrics_latent_holes_prior_hole_mass": "prior mass in holes",
     "metrics_latent_holes_prior_hole_mass_upper": "prior mass in holes, plain reading (upper)",
     "metrics_latent_holes_prior_kl_q_p": "KL(q(z)||p(z))",
     "metrics_latent_holes_fitted_gaussian_hole_mass": "holes under fitted Gaussian",
-    "metrics_fitted_gaussian_samples_recognised_share": "fitted-Gaussian samples recognised",
+    "metrics_fitted_gaussian_samples_frechet_distance": "fitted-Gaussian FD",
     "metrics_fitted_gaussian_samples_coverage": "fitted-Gaussian coverage",
 }
 
@@ -172,10 +172,10 @@ def common_line(rows: list[RunRow]) -> str:
 
 
 REAL_DATA = {  # what a perfect model would get, from each run's summary (the same data set: the same numbers)
+    "metrics_classifier_real_data_precision": "precision",
     "metrics_classifier_real_data_coverage": "coverage",
-    "metrics_classifier_real_data_density": "density",
     "metrics_classifier_real_data_coverage_lowest_class": "lowest class coverage",
-    "metrics_classifier_real_data_confident_share": "classified confidently",
+    "metrics_classifier_real_data_frechet_distance": "FD",
 }
 
 

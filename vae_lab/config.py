@@ -185,8 +185,13 @@ class EvaluationSchema:
     knn_train_images: int = positive_int()
     prior_samples: int = positive_int()
     coverage_k: int = positive_int()
-    real_quantile: float = checked(lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1")
     hole_draws: int = positive_int()
+    quadrature_points: Optional[int] = checked(
+        lambda v: _is_int(v) and v >= 5 and v % 2 == 1,
+        "an odd integer of at least 5 (grid points per axis), or null for no quadrature",
+        optional=True,
+    )
+    quadrature_span: float = positive_number()
     classifier: ClassifierSchema = field(default_factory=ClassifierSchema)
 
 

@@ -63,6 +63,21 @@ def gaussian_nats_per_image(logits: torch.Tensor, images: torch.Tensor, variance
     return squared_error / (2 * variance) + 0.5 * pixels * math.log(2 * math.pi * variance)
 
 
+def bernoulli_log_likelihood_matrix(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Give back log p(x_n | z_j) (N, G) for flattened images (N, P) in [0, 1] and the logits (G, P) of
+    Bernoulli pixels: x . logits - sum softplus(logits), minus the summed BCE, as one matrix product."""
+    return images @ logits.T - F.softplus(logits).sum(1)
+
+
+def gaussian_log_likelihood_matrix(
+    images: torch.Tensor, means: torch.Tensor, variance: float
+) -> torch.Tensor:
+    """Give back log N(x_n; mean_j, variance I) (N, G) for flattened images (N, P) and means (G, P):
+    -(|x|^2 - 2 x . m + |m|^2) / (2 variance) - P log(2 pi variance) / 2."""
+    squared = images.pow(2).sum(1, keepdim=True) - 2 * images @ means.T + means.pow(2).sum(1)
+    return -squared / (2 * variance) - 0.5 * images.shape[1] * math.log(2 * math.pi * variance)
+
+
 def binary_entropy_nats_per_image(images: torch.Tensor) -> torch.Tensor:
     """Give back sum_pixels H(x) of images in [0, 1]: the lowest BCE any model can reach on each (B,).
 
@@ -79,6 +94,10 @@ class BernoulliLikelihood:
 
     def nats_per_image(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return bce_nats_per_image(logits, images)
+
+    def log_likelihood_matrix(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """log p(x_n | logits_j) for every flattened image and every row of logits: (N, G)."""
+        return bernoulli_log_likelihood_matrix(images, logits)
 
     def floor_nats(self, images: torch.Tensor, chunk: int = 10000) -> float:
         """Give back the lowest mean -log p(x|z) any decoder can reach on uint8 images: their binary
@@ -107,6 +126,10 @@ class GaussianLikelihood:
 
     def nats_per_image(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return gaussian_nats_per_image(logits, images, self.variance)
+
+    def log_likelihood_matrix(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """log p(x_n | logits_j) for every flattened image and every row of logits: (N, G)."""
+        return gaussian_log_likelihood_matrix(images, torch.sigmoid(logits), self.variance)
 
     def floor_nats(self, images: torch.Tensor) -> float:
         """The lowest -log p(x|z) of an image: the constant reached where the mean equals x."""

@@ -76,6 +76,13 @@ def decode_in_batches(model, codes: torch.Tensor, batch_size: int = 1000) -> tor
     return torch.cat([model.decode(codes[b]) for b in in_order(len(codes), batch_size)])
 
 
+@torch.no_grad()
+def decode_logits(model, codes: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Give back the decoder's pixel logits of many codes, a batch at a time: (N, C, H, W)."""
+    model.eval()
+    return torch.cat([model.decoder(codes[b]) for b in in_order(len(codes), batch_size)])
+
+
 def manifold_values(size: int = 15) -> np.ndarray:
     """Give back the article's grid values: equally spaced quantiles of N(0, 1), its
     `scipy.stats.norm.ppf(np.linspace(0.01, 0.99, size))` (torch's ndtri is the same function)."""

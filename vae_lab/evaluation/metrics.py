@@ -1,4 +1,6 @@
-"""Every metric of a trained model, as a pure function of tensors (callable from a notebook).
+"""Every metric of a trained model's likelihood and latent space, as a pure function of tensors
+(callable from a notebook); the sample metrics are in sample_quality.py, the exact likelihood of a
+2-d latent in exact_likelihood.py.
 
 Units: nats per image for likelihoods; shares in [0, 1]. Each function names its paper.
 """
@@ -93,40 +95,6 @@ def pca_fit(data: torch.Tensor, dims: int = 2) -> tuple[torch.Tensor, torch.Tens
     return centre, components[:dims]
 
 
-def class_histogram(probabilities: torch.Tensor) -> torch.Tensor:
-    """Give back the share of samples predicted as each class: (C,)."""
-    counts = probabilities.argmax(1).bincount(minlength=probabilities.shape[1])
-    return counts.double() / len(probabilities)
-
-
-def prior_sample_scores(probabilities: torch.Tensor, confident: float = 0.9) -> dict[str, float]:
-    """Give back how recognisable and how varied decoded samples are, from a classifier's p(y|x).
-
-    - confident_share: share with max p(y|x) >= `confident` (a classifier is confident on grey noise too:
-      recognised_and_real adds the check that a sample lies among real images); mean_confidence: mean
-      of max p(y|x);
-    - class_entropy_share: entropy of the predicted-class histogram / log C (1: every class alike);
-    - classes_covered: classes predicted for at least 1% of the samples;
-    - inception_score: exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016), at most C.
-    """
-    probabilities = probabilities.double()
-    top = probabilities.max(1).values
-    histogram = class_histogram(probabilities)
-    classes = probabilities.shape[1]
-    entropy = -torch.special.xlogy(histogram, histogram).sum().item()
-    marginal = probabilities.mean(0)
-    kl = (
-        torch.special.xlogy(probabilities, probabilities) - torch.special.xlogy(probabilities, marginal)
-    ).sum(1)
-    return {
-        "confident_share": (top >= confident).double().mean().item(),
-        "mean_confidence": top.mean().item(),
-        "class_entropy_share": entropy / math.log(classes),
-        "classes_covered": int((histogram >= 0.01).sum().item()),
-        "inception_score": math.exp(kl.mean().item()),
-    }
-
-
 def stratified_subset(labels: torch.Tensor, count: int) -> torch.Tensor:
     """Give back the indices of the first count/C images of each class: the same subset every time."""
     classes = int(labels.max()) + 1
@@ -171,150 +139,7 @@ def fitted_gaussian(codes: torch.Tensor, jitter: float = 1e-6) -> torch.distribu
     return torch.distributions.MultivariateNormal(codes.mean(0), covariance_matrix=covariance)
 
 
-def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(matrix)
-    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
-
-
-def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Give back the Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017):
-    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
-
-    Tr((S_a S_b)^(1/2)) is taken as Tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)), the same number from symmetric
-    matrices only, which stays stable when dead ReLU features make a covariance singular.
-    """
-    a, b = features_a.double().cpu(), features_b.double().cpu()
-    cov_a, cov_b = a.T.cov(), b.T.cov()
-    root_a = _psd_sqrt(cov_a)
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
-    return ((a.mean(0) - b.mean(0)).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()
-
-
-# ---- sample quality, latent holes (the evidence metrics)
-
-
-def _chunked_distances(queries: torch.Tensor, references: torch.Tensor, chunk: int):
-    """Yield (start, Euclidean distances of queries[start:start + chunk] to every reference)."""
-    for start in range(0, len(queries), chunk):
-        yield start, torch.cdist(queries[start : start + chunk], references)
-
-
-def density_coverage(
-    real_features: torch.Tensor, fake_features: torch.Tensor, k: int = 5, chunk: int = 1000
-) -> dict:
-    """Give back {"density", "coverage", "covered" (N,) bool}: Naeem et al. 2020, "Reliable Fidelity and
-    Diversity Metrics for Generative Models" (ICML).
-
-    Real X_1..X_N, fake Y_1..Y_M (rows; images are flattened), Euclidean distances in float64. The radius
-    r_i of a real point is its distance to its k-th nearest other real point (the (k+1)-th smallest of its
-    row of real-real distances, the zero self-distance included, as the authors' `prdc` takes it). Then
-    density = (1/(kM)) sum_j sum_i 1[d(Y_j, X_i) < r_i] (about 1 when fakes follow the real distribution;
-    above 1 where fakes crowd dense real regions), coverage = (1/N) sum_i covered_i with covered_i =
-    1[some Y_j has d(Y_j, X_i) < r_i]. The inequality is strict, as in `prdc` 0.2 (the paper writes <=;
-    the two differ only on exact ties). For two samples of one distribution, E[coverage] =
-    1 - prod_{i=1..k} (N - i) / (N + M - i) (about 1 - 2^-k for N = M). The distance blocks are at most
-    `chunk` real rows at a time.
-    """
-    real = real_features.flatten(1).double()
-    fake = fake_features.flatten(1).double().to(real.device)
-    radii = torch.empty(len(real), dtype=torch.float64, device=real.device)
-    for start, block in _chunked_distances(real, real, chunk):
-        rows = torch.arange(len(block), device=real.device)
-        block[rows, rows + start] = 0.0  # the self-distance, exactly (the mm form leaves rounding)
-        radii[start : start + len(block)] = block.kthvalue(k + 1, dim=1).values
-    inside_per_fake = torch.zeros(len(fake), dtype=torch.float64, device=real.device)
-    covered = torch.empty(len(real), dtype=torch.bool, device=real.device)
-    for start, block in _chunked_distances(real, fake, chunk):
-        inside = block < radii[start : start + len(block), None]  # (chunk, M)
-        inside_per_fake += inside.sum(0)
-        covered[start : start + len(block)] = inside.any(1)
-    return {
-        "density": (inside_per_fake.sum() / (k * len(fake))).item(),
-        "coverage": covered.double().mean().item(),
-        "covered": covered,
-    }
-
-
-def per_class_coverage(covered: torch.Tensor, labels: torch.Tensor, classes) -> dict:
-    """Give back {"per_class", "lowest", "highest", "lowest_class"}: coverage (Naeem et al. 2020) within
-    each class of the real points, from `density_coverage`'s "covered" flags and the real points' labels.
-
-    `classes` is the number of classes C (classes 0..C-1) or a sequence of class labels. A class with no
-    real point gets nan and is left out of lowest / highest; among equal lowest shares, lowest_class is
-    the first class listed.
-    """
-    class_ids = list(range(classes)) if isinstance(classes, int) else [int(c) for c in classes]
-    covered, labels = covered.bool().cpu(), labels.cpu()
-    per_class = []
-    for c in class_ids:
-        members = labels == c
-        per_class.append(covered[members].double().mean().item() if members.any() else math.nan)
-    present = [(share, c) for share, c in zip(per_class, class_ids, strict=True) if not math.isnan(share)]
-    lowest, lowest_class = min(present)
-    return {
-        "per_class": per_class,
-        "lowest": lowest,
-        "highest": max(present)[0],
-        "lowest_class": lowest_class,
-    }
-
-
-def nearest_distances(
-    queries: torch.Tensor, references: torch.Tensor, chunk: int = 1000, exclude_self: bool = False
-) -> torch.Tensor:
-    """Give back the Euclidean distance of each query to its nearest reference: (Q,). The nearest-neighbour
-    check of memorisation / realism, as in the k-NN manifold estimates of Kynkaanniemi et al. 2019
-    ("Improved Precision and Recall Metric for Assessing Generative Models") and Naeem et al. 2020.
-
-    Rows are flattened; computed in float32 unless the inputs are float64 (distances of near-duplicates
-    then carry ~1e-3 of rounding, far below the gaps between images). Blocks are at most `chunk` queries
-    by `chunk` references. exclude_self: queries and references are the same set, and each point's own
-    entry (same index) is skipped: the distance to its nearest other point.
-    """
-    dtype = torch.promote_types(torch.promote_types(queries.dtype, references.dtype), torch.float32)
-    queries = queries.flatten(1).to(dtype)
-    references = references.flatten(1).to(dtype=dtype, device=queries.device)
-    if exclude_self and len(queries) != len(references):
-        raise ValueError("exclude_self needs the queries to be the references")
-    nearest = torch.full((len(queries),), math.inf, dtype=dtype, device=queries.device)
-    for start in range(0, len(queries), chunk):
-        block_queries = queries[start : start + chunk]
-        best = nearest[start : start + len(block_queries)]
-        for ref_start in range(0, len(references), chunk):
-            block = torch.cdist(block_queries, references[ref_start : ref_start + chunk])
-            if exclude_self:
-                rows = torch.arange(len(block_queries), device=queries.device)
-                columns = rows + start - ref_start
-                inside = (columns >= 0) & (columns < block.shape[1])
-                block[rows[inside], columns[inside]] = math.inf
-            best = torch.minimum(best, block.min(1).values)
-        nearest[start : start + len(block_queries)] = best
-    return nearest
-
-
-def real_distance_threshold(test_to_train_nn_distances: torch.Tensor, quantile: float = 0.95) -> float:
-    """Give back the `quantile` of real test images' distance to their nearest training image: the
-    distance within which a sample counts as "near a real image" for `recognised_and_real` (a
-    nearest-neighbour realism radius in the spirit of Kynkaanniemi et al. 2019). 95% of real test
-    images pass it by construction.
-    """
-    return torch.quantile(test_to_train_nn_distances.double().flatten(), quantile).item()
-
-
-def recognised_and_real(
-    probabilities: torch.Tensor, sample_nn_distance: torch.Tensor, threshold: float, confident: float = 0.9
-) -> float:
-    """Give back the share of samples a classifier recognises (max p(y|x) >= `confident`, as in
-    `prior_sample_scores`, after Salimans et al. 2016) AND that lie within `threshold` of their nearest
-    training image (`nearest_distances`; threshold from `real_distance_threshold`, after Kynkaanniemi
-    et al. 2019).
-
-    A confident classifier alone also counts off-manifold images (grey noise, blends); the distance
-    check counts only samples as near the real images as real test images are.
-    """
-    confident_enough = probabilities.max(1).values >= confident
-    near = sample_nn_distance.flatten() <= threshold
-    return (confident_enough & near.to(confident_enough.device)).double().mean().item()
+# ---- latent holes and the aggregate posterior (the evidence metrics)
 
 
 def _mixture_log_density(

@@ -8,14 +8,13 @@ prior draws from `draws`): the same model, settings and seed give the same numbe
 """
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
 import torch
 
 from vae_lab.data import ImageData, to_float
-from vae_lab.evaluation import inference, metrics
+from vae_lab.evaluation import exact_likelihood, inference, metrics, sample_quality
 from vae_lab.evaluation.classifier import classify, load_or_train
 from vae_lab.losses import ELBO, BernoulliLikelihood, Reconstruction
 
@@ -67,6 +66,9 @@ def evaluate_model(
             test_codes = inference.encode_means(model, data.test_images)
             result |= code_sections(test_codes, settings, holes)
         codes = training_codes(model, data, settings, test_codes)
+        result["exact_likelihood"] = exact_likelihood_section(
+            model, data, settings, likelihood, codes, result
+        )
         result["separability"] = separability_section(data, settings, codes)
         samples, histograms = sample_sections(model, data, settings, classifier, accuracy, codes, draws)
         result |= samples
@@ -110,20 +112,77 @@ def posterior_sections(model, data: ImageData, settings, likelihood, known: dict
 
 def iwae_section(model, data: ImageData, settings, likelihood, images_at_once: int = 1000) -> dict:
     """Give back the IWAE bounds (Burda et al. 2016) in nats: -log p(x) estimated by importance sampling
-    with K = iwae_k draws from q(z|x) (nll_k<K>, and the nested K = 1, 10, 100), on a stratified subset
-    of the test split or, with iwae_images null, on every test image."""
-    if settings.iwae_images is None:
-        subset = torch.arange(len(data.test_images), device=data.test_labels.device)
-    else:
-        subset = metrics.stratified_subset(data.test_labels, settings.iwae_images)
+    with K = iwae_k draws from q(z|x) (nll_k<K>, and the nested K = 1, 10, 100, 1,000, 5,000 up to iwae_k),
+    on a stratified subset of the test split or, with iwae_images null, on every test image."""
+    subset = iwae_subset(data, settings)
     log_weights = []  # (K, images), a chunk of images at a time: never every image's K draws at once
     for chunk in subset.split(images_at_once):
         draws = inference.importance_draws(model, data.test_images[chunk], settings.iwae_k, likelihood)
         log_weights.append(metrics.importance_log_weights(draws.log_px_z, draws.z, draws.mean, draws.log_var))
-    ks = tuple(sorted({k for k in (1, 10, 100, settings.iwae_k) if k <= settings.iwae_k}))
+    ks = tuple(sorted({k for k in (*IWAE_KS, settings.iwae_k) if k <= settings.iwae_k}))
     bounds = metrics.iwae_bounds(torch.cat(log_weights, 1), ks)
     nll = {f"nll_k{k}": -bound for k, bound in bounds.items()}
     return nll | {"images": len(subset), "k": settings.iwae_k}
+
+
+IWAE_KS = (1, 10, 100, 1000, 5000)  # the nested bounds reported beside K = iwae_k
+
+
+def iwae_subset(data: ImageData, settings) -> torch.Tensor:
+    """Give back the test images the IWAE bound and the exact likelihood are measured on: a fixed,
+    class-stratified subset of iwae_images, or every test image where it is null."""
+    if settings.iwae_images is None:
+        return torch.arange(len(data.test_images), device=data.test_labels.device)
+    return metrics.stratified_subset(data.test_labels, settings.iwae_images)
+
+
+def exact_likelihood_section(model, data: ImageData, settings, likelihood, codes, result: dict):
+    """Give back the exact -log p(x) of a 2-d latent model by quadrature (vae_lab/evaluation/
+    exact_likelihood.py) on the IWAE's test images: under the prior N(0, I) (for a VAE with the IWAE
+    bounds' gaps to it) and, for an autoencoder, also under the Gaussian fitted to its training codes.
+    None, with the reason logged, where the latent is not 2-d or the likelihood has no matrix form."""
+    if settings.quadrature_points is None:
+        return None
+    if model.latent_dim != 2:
+        log.info(
+            f"exact log-likelihood by quadrature: skipped, the latent is {model.latent_dim}-d (a grid over "
+            "the prior is for 2-d latents; the IWAE bound is the estimate there)"
+        )
+        return None
+    if not hasattr(likelihood, "log_likelihood_matrix"):
+        log.warning(
+            f"exact log-likelihood by quadrature: skipped, the pixel likelihood {likelihood!r} has no "
+            "log_likelihood_matrix(images, logits) (vae_lab/losses.py)"
+        )
+        return None
+    images = to_float(data.test_images[iwae_subset(data, settings)]).flatten(1)
+    section = {"prior": quadrature_nll(model, images, likelihood, settings)}
+    if "iwae" in result:
+        exact = section["prior"]["nll"]
+        section["prior"] |= {
+            f"iwae_gap_k{key[len('nll_k') :]}": value - exact
+            for key, value in result["iwae"].items()
+            if key.startswith("nll_k")
+        }
+    if not model.is_variational:
+        fitted = metrics.fitted_gaussian(codes.train.double().cpu())
+        section["fitted_gaussian"] = quadrature_nll(
+            model, images, likelihood, settings, fitted.mean, fitted.covariance_matrix
+        )
+    return section
+
+
+def quadrature_nll(model, images, likelihood, settings, mean=None, covariance=None) -> dict:
+    """Give back exact_likelihood.quadrature_summary of the images under "decode a draw from
+    N(mean, covariance)" (N(0, I) by default), the grid decoded once."""
+    grid = exact_likelihood.gaussian_grid(
+        settings.quadrature_points, settings.quadrature_span, mean, covariance
+    )
+    logits = inference.decode_logits(model, grid.codes.float().to(images.device)).flatten(1)
+    log_px, log_px_coarse = exact_likelihood.log_marginal(
+        images, grid, lambda batch: likelihood.log_likelihood_matrix(batch, logits)
+    )
+    return exact_likelihood.quadrature_summary(log_px, log_px_coarse, grid)
 
 
 def code_sections(test_codes: torch.Tensor, settings, holes) -> dict:
@@ -169,8 +228,8 @@ def separability_section(data: ImageData, settings, codes: Codes) -> dict:
 def sample_sections(model, data: ImageData, settings, classifier, accuracy, codes: Codes, draws):
     """Give back (the samples' scores and the classifier's, the class histograms of the samples).
 
-    Samples are judged against real images: in the classifier's features (density, coverage), and in
-    pixels (is a sample as near its nearest training image as real test images are?).
+    Samples are judged against the real test images in the classifier's features
+    (vae_lab/evaluation/sample_quality.py): precision, coverage, per-class coverage, Frechet distance.
     """
     result = {"prior_samples": None}
     if not model.is_variational:
@@ -179,11 +238,7 @@ def sample_sections(model, data: ImageData, settings, classifier, accuracy, code
     if classifier is None:
         return result, {}
     _, test_features = classify(classifier, data.test_images)
-    train_probabilities, train_features = classify(classifier, data.train_images[: len(data.test_images)])
-    train_pixels = to_float(data.train_images[: len(codes.train)]).flatten(1)
-    test_nearest = metrics.nearest_distances(to_float(data.test_images).flatten(1), train_pixels)
-    real_distance = metrics.real_distance_threshold(test_nearest, settings.real_quantile)
-    classes = len(data.class_names)
+    _, train_features = classify(classifier, data.train_images[: len(data.test_images)])
     # (summary key, histogram name, codes to decode)
     sources = [
         ("prior_samples", "N(0, I)", torch.randn(settings.prior_samples, model.latent_dim, generator=draws))
@@ -195,23 +250,16 @@ def sample_sections(model, data: ImageData, settings, classifier, accuracy, code
     for key, name, latent_codes in sources:
         samples = inference.decode_in_batches(model, latent_codes.to(codes.train.device))
         probabilities, features = classify(classifier, samples)
-        nearest = metrics.nearest_distances(samples.flatten(1), train_pixels)
-        result[key] = metrics.prior_sample_scores(probabilities) | {
-            "recognised_share": metrics.recognised_and_real(probabilities, nearest, real_distance),
-            **fidelity_or_none(test_features, features, data.test_labels, classes, settings.coverage_k),
-            "frechet_distance": metrics.frechet_distance(features, test_features),
-        }
-        histograms[name] = metrics.class_histogram(probabilities)
-    real = fidelity_or_none(test_features, train_features, data.test_labels, classes, settings.coverage_k)
+        result[key] = scores_or_none(
+            test_features, data.test_labels, len(data.class_names), features, settings
+        )
+        histograms[name] = sample_quality.class_histogram(probabilities)
+    # what a perfect model would get: training images judged as samples against the test images
+    real = scores_or_none(test_features, data.test_labels, len(data.class_names), train_features, settings)
     result["classifier"] = {
         "test_accuracy": accuracy,
-        "frechet_floor_train_vs_test": metrics.frechet_distance(train_features, test_features),
-        # what a perfect model would get: training images judged as samples against the test images
-        "real_data": {
-            "confident_share": metrics.prior_sample_scores(train_probabilities)["confident_share"],
-            **{key: value for key, value in real.items() if key != "coverage_per_class"},
-            "real_distance_threshold": real_distance,
-        },
+        "frechet_floor_train_vs_test": real["frechet_distance"],
+        "real_data": {key: value for key, value in real.items() if key != "coverage_per_class"},
     }
     return result, histograms
 
@@ -229,20 +277,21 @@ def load_classifier(data: ImageData, settings, data_root: str, progress: bool):
     return classifier, accuracy
 
 
-def fidelity_or_none(real_features, fake_features, labels, classes: int, k: int) -> dict:
-    """metrics.density_coverage and per-class coverage of samples against real images; None each (with a
-    warning) where there are no more real images than k, so no radius is defined."""
-    names = ("density", "coverage", "coverage_lowest_class", "coverage_highest_class", "coverage_per_class")
+def scores_or_none(real_features, labels, classes: int, fake_features, settings) -> dict:
+    """sample_quality.score_samples of samples against real images; with no more real images than
+    coverage_k (no radius is defined) the ball-based metrics are None each, with a warning."""
+    k = settings.coverage_k
     if len(real_features) <= k:
         log.warning(
-            f"density and coverage: skipped, {len(real_features)} test images are not more than k={k}"
+            f"precision, density and coverage: skipped, {len(real_features)} test images are not more "
+            f"than k={k}"
         )
-        return dict.fromkeys(names)
-    fidelity = metrics.density_coverage(real_features, fake_features, k)
-    per_class = metrics.per_class_coverage(fidelity["covered"], labels, classes)
-    values = (fidelity["density"], fidelity["coverage"], per_class["lowest"], per_class["highest"])
-    shares = [None if math.isnan(share) else share for share in per_class["per_class"]]  # None: no image
-    return dict(zip(names, (*values, shares), strict=True))
+        names = ("precision", "coverage", "density", "coverage_lowest_class", "coverage_highest_class")
+        return dict.fromkeys(names) | {
+            "coverage_per_class": None,
+            "frechet_distance": sample_quality.frechet_distance(fake_features, real_features),
+        }
+    return sample_quality.score_samples(real_features, labels, classes, fake_features, k)
 
 
 def knn_or_none(train_codes, train_labels, test_codes, test_labels, k: int) -> float | None:
@@ -265,15 +314,22 @@ def one_line(result: dict) -> str:
     parts.append(f"active units {result['latent']['active_units']}")
     if result["separability"]["knn_accuracy"] is not None:
         parts.append(f"kNN {result['separability']['knn_accuracy']:.3f}")
+    exact = (result.get("exact_likelihood") or {}).get("prior")
+    if exact is not None:
+        resolved = "" if exact["resolved"] else " (grid unresolved)"
+        parts.append(f"exact NLL {exact['nll']:.2f}{resolved}")
     holes = result.get("latent_holes", {}).get("prior")
     if holes is not None:
         parts.append(f"prior mass in holes {holes['hole_mass']:.2f}")
     prior = result["prior_samples"]
     if prior is not None:
-        shown = {key: "n/a" if prior[key] is None else f"{prior[key]:.2f}" for key in ("coverage", "density")}
+        shown = {
+            key: "n/a" if prior[key] is None else f"{prior[key]:.2f}"
+            for key in ("precision", "coverage", "coverage_lowest_class")
+        }
         parts.append(
-            f"samples recognised {prior['recognised_share']:.2f} (confident {prior['confident_share']:.2f}), "
-            f"coverage {shown['coverage']}, density {shown['density']}, FD {prior['frechet_distance']:.1f}"
+            f"samples: precision {shown['precision']}, coverage {shown['coverage']} (lowest class "
+            f"{shown['coverage_lowest_class']}), FD {prior['frechet_distance']:.1f}"
         )
     parts.append(f"{result['evaluation_s']:.0f} s")
     return "metrics: " + "  |  ".join(parts)

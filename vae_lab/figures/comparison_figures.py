@@ -27,18 +27,18 @@ SAMPLES = 100  # prior draws per run: enough to show how many classes they cover
 DENSITY_CODES = 10_000  # test images whose posteriors make the aggregate-posterior map (MNIST: all)
 # the evidence metrics drawn against a swept size: summary key (flattened with _) -> axis name
 EVIDENCE = {
-    "metrics_prior_samples_recognised_share": "samples recognised",
+    "metrics_prior_samples_precision": "sample precision",
     "metrics_prior_samples_coverage": "coverage",
-    "metrics_prior_samples_density": "density",
+    "metrics_prior_samples_coverage_lowest_class": "lowest class coverage",
     "metrics_prior_samples_frechet_distance": "Frechet distance",
     "metrics_iwae_nll_k100": "IWAE NLL, K=100 (nats)",
     "metrics_latent_holes_prior_hole_mass": "prior mass in holes (held out)",
 }
 # an autoencoder's draws from the Gaussian fitted to its codes, drawn as a line of their own
 FITTED = {
-    "metrics_prior_samples_recognised_share": "metrics_fitted_gaussian_samples_recognised_share",
+    "metrics_prior_samples_precision": "metrics_fitted_gaussian_samples_precision",
     "metrics_prior_samples_coverage": "metrics_fitted_gaussian_samples_coverage",
-    "metrics_prior_samples_density": "metrics_fitted_gaussian_samples_density",
+    "metrics_prior_samples_coverage_lowest_class": "metrics_fitted_gaussian_samples_coverage_lowest_class",
     "metrics_prior_samples_frechet_distance": "metrics_fitted_gaussian_samples_frechet_distance",
     "metrics_latent_holes_prior_hole_mass": "metrics_latent_holes_fitted_gaussian_hole_mass",
 }
