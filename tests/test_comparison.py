@@ -95,6 +95,9 @@ def test_the_table_has_no_column_that_is_the_same_for_every_run_and_states_those
     markdown = (base / "comparison.md").read_text()
     assert "Common to all runs: " in markdown and "trainer.batch_size=128" in markdown.split("|")[0]
     assert "| model=ae, model.latent_dim=2 |" in markdown and "threads" not in markdown.split("Common")[1]
+    # numbers too: every run's test KL is 1.0, so it is stated once and is no column
+    assert "test_kl" not in csv_header and "test_total" in csv_header
+    assert "The same in every run, so no column of comparison.csv: test_kl 1.00." in markdown
 
 
 def test_a_sweep_over_loss_and_seed_lines_up_rows_by_loss_and_columns_by_seed(tmp_path):

@@ -171,3 +171,29 @@ def test_a_run_that_fails_its_checks_is_marked_failed_in_its_folder(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "deterministic autoencoder" in summary["error"]
     assert not (run_dir / "checkpoint.pt").exists()
+
+
+def test_hydra_leaves_out_of_folder_names_exactly_the_declared_operational_keys():
+    from omegaconf import OmegaConf
+
+    from vae_lab.operational import OPERATIONAL_GROUPS, OPERATIONAL_KEYS, is_operational
+    from vae_lab.training.run_folder import flatten
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    # seed and experiment are no operational keys: the job number keeps seeds apart, and an experiment's
+    # values name the folder themselves
+    assert {key for key in excluded if not is_operational(key)} == {"seed", "experiment"}
+    config = OmegaConf.to_container(cfg, resolve=False)
+    leaves = {
+        f"{group}.{key}"
+        for group in OPERATIONAL_GROUPS
+        if group != "hydra" and isinstance(config.get(group), dict)
+        for key in flatten(config[group])
+    }
+    wanted = (OPERATIONAL_KEYS | leaves | {"logger", "speed"}) - {
+        key for key in leaves if key.endswith("_target_")
+    }
+    assert sorted(wanted - excluded) == []

@@ -140,6 +140,20 @@ def test_a_warmup_for_a_loss_with_no_kl_weight_is_refused_with_what_would_do():
         check_warmup_loss(type("Squared", (), {})(), 3)
 
 
+def test_a_warmup_for_a_loss_with_no_kl_weight_is_refused_at_the_config_check():
+    from hydra import compose, initialize_config_dir
+
+    from vae_lab.config import CONF_DIR, check_config, register_schemas
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        refused = compose(config_name="config", overrides=["loss=recon", "trainer.kl_warmup_epochs=5"])
+        allowed = compose(config_name="config", overrides=["loss=elbo", "trainer.kl_warmup_epochs=5"])
+    with pytest.raises(ConfigError, match=r"kl_warmup_epochs=5 .* Reconstruction has none: .*loss=elbo"):
+        check_config(refused)
+    check_config(allowed)
+
+
 def warmup_run(root: Path, run_dir: Path, epochs: int, resume: bool = False) -> list[dict]:
     from vae_lab.train import run
     from vae_lab.training.checkpoint import resume_point

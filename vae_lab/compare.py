@@ -119,11 +119,24 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def constant_metrics(rows: list[RunRow]) -> dict[str, Any]:
+    """Give back {metric: value} for the numbers every one of two or more runs has, each the same."""
+    if len(rows) < 2:
+        return {}
+    keys = _metric_columns(rows)
+    return {
+        key: rows[0].metrics[key]
+        for key in keys
+        if all(key in row.metrics for row in rows) and len({repr(row.metrics[key]) for row in rows}) == 1
+    }
+
+
 def table(rows: list[RunRow]) -> tuple[list[str], list[list[Any]]]:
-    """Give back (header, rows): run, status, every setting that is not the same in all runs, every
-    metric, error. A setting common to all runs is no column: comparison.md states it above the table."""
+    """Give back (header, rows): run, status, every setting and every metric that is not the same in
+    all runs, error. What all runs share is no column: comparison.md states it once."""
     setting_keys = varying_keys([row.settings for row in rows])
-    metric_keys = _metric_columns(rows)
+    constant = constant_metrics(rows)
+    metric_keys = [key for key in _metric_columns(rows) if key not in constant]
     header = ["run", "status", *setting_keys, *metric_keys, "error"]
     body = [
         [
@@ -281,6 +294,10 @@ def compare(
     reference = real_data_line(rows)
     if reference:
         sections.append(reference)
+    constant = constant_metrics(rows)
+    if constant:
+        numbers = ", ".join(f"{key} {_cell(value)}" for key, value in constant.items())
+        sections.append(f"\nThe same in every run, so no column of comparison.csv: {numbers}.\n")
     written = [out / "comparison.csv", out / "comparison.md"]
     grouped_header, grouped_body = group(rows, by)
     if by or any(count > 1 for count in (line[grouped_header.index("runs")] for line in grouped_body)):

@@ -307,11 +307,34 @@ def check_config(cfg: DictConfig) -> None:
     latent_dim = OmegaConf.select(cfg, "model.latent_dim", default=None)
     if latent_dim is not None and not (_is_int(latent_dim) and latent_dim > 0):
         raise ConfigError(f"model.latent_dim={latent_dim!r} is not allowed: it must be a positive integer.")
+    _check_warmup_has_a_kl_weight(cfg)
     objective = OmegaConf.select(cfg, "objective", default=None)
     if isinstance(objective, str) and objective.startswith("metrics.") and not cfg.evaluation.enabled:
         raise ConfigError(
             f"objective={objective} is a number of the evaluation, but evaluation.enabled=false: "
             "enable the evaluation, or name a training number such as test.total."
+        )
+
+
+def _check_warmup_has_a_kl_weight(cfg: DictConfig) -> None:
+    """Refuse trainer.kl_warmup_epochs for a loss whose class takes no kl_weight (before anything is
+    built: the class is imported, not made)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    warmup = OmegaConf.select(cfg, "trainer.kl_warmup_epochs", default=None)
+    target = OmegaConf.select(cfg, "loss._target_", default=None)
+    if warmup is None or target is None or "kl_weight" in cfg.loss:
+        return
+    try:
+        parameters = inspect.signature(get_class(target)).parameters
+    except (ImportError, ValueError, TypeError):
+        return  # an unknown class is refused, in its own words, where it is built
+    if "kl_weight" not in parameters:
+        raise ConfigError(
+            f"trainer.kl_warmup_epochs={warmup} lowers a loss's kl_weight, and {target.rpartition('.')[2]} "
+            "has none: use a loss with a KL term (loss=elbo), or trainer.kl_warmup_epochs=null"
         )
 
 

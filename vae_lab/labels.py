@@ -11,27 +11,17 @@ from typing import Any
 
 import yaml
 
+from vae_lab.operational import is_operational
 from vae_lab.training.run_folder import CONFIG_FILE, flatten
 
 CHOICE_GROUPS = ("model", "loss", "loss/likelihood", "data", "optimizer")  # named by their choice first
+
+
 # where and how a run ran, not what it is
-HOW_KEYS = {
-    "trainer.threads",
-    "trainer.progress",
-    "trainer.resume",
-    "trainer.eval_batch_size",
-    "device",
-    "data.root",
-    "data.download",
-    "objective",
-    "experiment",  # a bundle of settings: the values it sets are compared themselves
-}
-HOW_GROUPS = ("hydra", "speed", "evaluation", "logger")
-
-
 def is_how(key: str) -> bool:
-    """True for a key that says where or how a run ran (never part of its name)."""
-    return key in HOW_KEYS or key.split("/")[0].split(".")[0] in HOW_GROUPS
+    """True for a key that says where or how a run ran (vae_lab/operational.py), or that names an
+    experiment: a bundle of settings, whose values are compared themselves. Never part of a name."""
+    return is_operational(key) or key == "experiment"
 
 
 def run_settings(run_dir: Path, config_values: bool = True) -> dict[str, str]:

@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError
+from vae_lab.operational import is_operational
 from vae_lab.training.run_folder import flatten, is_finite_number
 
 log = logging.getLogger("vae_lab")
@@ -39,14 +40,6 @@ TENSORBOARD_FOLDER = (
 EMBEDDING_TAG = "test_codes"  # the projector's name for the test codes
 
 # overrides that change how a run is carried out, not what it computes: no hyper-parameters
-OPERATIONAL_KEYS = (
-    "trainer.threads",
-    "trainer.progress",
-    "trainer.resume",
-    "trainer.eval_batch_size",
-    "data.root",
-    "device",
-)
 
 
 def install_hint(option: str, extra: str) -> str:
@@ -83,7 +76,7 @@ def run_context(cfg: DictConfig, run_dir: Path) -> RunContext:
         unnamed = set(hydra_cfg.job.config.override_dirname.exclude_keys)  # as job folders are named
         if hydra_cfg.mode == RunMode.MULTIRUN:
             group = str(hydra_cfg.sweep.dir)
-    kept = [o for o in overrides if not _operational(_key(o))]
+    kept = [o for o in overrides if not is_operational(_key(o))]
     named = sorted(o for o in kept if _key(o) not in unnamed)
     seed = [o for o in kept if _key(o) == "seed"]
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -98,10 +91,6 @@ def run_context(cfg: DictConfig, run_dir: Path) -> RunContext:
 
 def _key(override: str) -> str:
     return override.partition("=")[0].lstrip("+~")
-
-
-def _operational(key: str) -> bool:
-    return key in OPERATIONAL_KEYS or key.split("/")[0].split(".")[0] in ("logger", "hydra", "speed")
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
