@@ -44,7 +44,7 @@ data:
 
 # A short ablation: 1 epoch over the 60,000 training images per run in batches of 64 (938 Adam steps, as
 # many as 2 epochs in the article's batches of 128), a lighter evaluation (README, "make demo").
-DEMO_ARGS ?= trainer.epochs=1 trainer.batch_size=64 evaluation.iwae_images=200 evaluation.prior_samples=2000
+DEMO_ARGS ?= trainer.epochs=1 trainer.batch_size=64 evaluation.iwae_images=200 evaluation.prior_samples=2000 evaluation.quadrature_points=161
 
 demo: $(VENV)/.installed-demo data
 	@echo "Demo: the article's loss ablation (reconstruction only, KL only, both) with its VAE, shortened to"
