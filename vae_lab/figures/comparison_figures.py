@@ -27,7 +27,6 @@ SAMPLES = 100  # prior draws per run: enough to show how many classes they cover
 DENSITY_CODES = 10_000  # test images whose posteriors make the aggregate-posterior map (MNIST: all)
 # the evidence metrics drawn against a swept size: summary key (flattened with _) -> axis name
 EVIDENCE = {
-    "metrics_prior_samples_precision": "sample precision",
     "metrics_prior_samples_coverage": "coverage",
     "metrics_prior_samples_coverage_lowest_class": "lowest class coverage",
     "metrics_prior_samples_frechet_distance": "Frechet distance",
@@ -36,7 +35,6 @@ EVIDENCE = {
 }
 # an autoencoder's draws from the Gaussian fitted to its codes, drawn as a line of their own
 FITTED = {
-    "metrics_prior_samples_precision": "metrics_fitted_gaussian_samples_precision",
     "metrics_prior_samples_coverage": "metrics_fitted_gaussian_samples_coverage",
     "metrics_prior_samples_coverage_lowest_class": "metrics_fitted_gaussian_samples_coverage_lowest_class",
     "metrics_prior_samples_frechet_distance": "metrics_fitted_gaussian_samples_frechet_distance",
