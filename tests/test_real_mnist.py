@@ -55,14 +55,6 @@ def test_a_few_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp_p
     assert tests[2] < 250, tests
 
 
-def test_the_digit_classifier_learns_real_digits(mnist_root):
-    from vae_lab.evaluation.classifier import train_classifier
-
-    data = load_mnist(str(mnist_root), limit=6000)
-    _, accuracy = train_classifier(data, epochs=2, batch_size=128, lr=1e-3, seed=0, progress=False)
-    assert accuracy > 0.95  # on the whole test split, from 6,000 training images
-
-
 @pytest.mark.parametrize("damage", ["truncated", "one byte changed"])
 def test_a_damaged_official_archive_is_refused_by_its_checksum(mnist_root, tmp_path, damage):
     root = tmp_path / "data"
