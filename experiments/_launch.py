@@ -1,8 +1,13 @@
 """Run the Hydra app with a study's fixed overrides first; command-line overrides follow and win."""
 
 import importlib.util
+import json
 import logging
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -56,3 +61,52 @@ def train_the_classifier_once(arguments: list[str]) -> None:
 def launch(*overrides: str) -> None:
     sys.argv = [sys.argv[0], *overrides, *sys.argv[1:]]
     main()
+
+
+def epochs_done(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
+def is_finished(run_dir: Path) -> bool:
+    summary = run_dir / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"
+
+
+def train_at_once(commands: dict[Path, list[str]], train_for_s: float | None, walls_file: Path) -> None:
+    """Run each `vae_lab.train` command (its run folder -> the command) in a process of its own, all at
+    once, each logging to <run folder>.log; past train_for_s seconds, stop them (a stop signal: each saves
+    its checkpoint), then go on from each checkpoint with no epoch left, which evaluates it. Write each
+    run's seconds from the start to its end into walls_file."""
+    started = time.perf_counter()
+    jobs = {}
+    for run_dir, command in commands.items():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(run_dir.with_suffix(".log"), "a")  # noqa: SIM115 (open while the job runs)
+        jobs[run_dir] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, command)
+    finished = {}  # seconds from the start to each run's end
+    while len(finished) < len(jobs):
+        for run_dir, (job, _, _) in jobs.items():
+            if run_dir not in finished and job.poll() is not None:
+                finished[run_dir] = time.perf_counter() - started
+        if train_for_s is not None and time.perf_counter() - started > train_for_s:
+            for job, _, _ in jobs.values():
+                if job.poll() is None:
+                    job.send_signal(signal.SIGTERM)  # the run saves its checkpoint and stops
+            for job, _, _ in jobs.values():
+                job.wait()
+            break
+        time.sleep(2)
+    evaluations = {}
+    for run_dir in [run_dir for run_dir in jobs if not is_finished(run_dir)]:
+        _, log, command = jobs[run_dir]
+        more = [f"trainer.epochs={max(1, epochs_done(run_dir))}", "trainer.resume=true"]
+        evaluations[run_dir] = subprocess.Popen(command + more, stdout=log, stderr=subprocess.STDOUT)
+    for run_dir, job in evaluations.items():
+        job.wait()
+        finished[run_dir] = time.perf_counter() - started
+    for _, log, _ in jobs.values():
+        log.close()
+    walls = {run_dir.name: round(seconds, 1) for run_dir, seconds in finished.items()}
+    walls_file.write_text(json.dumps(walls, indent=2) + "\n")
+    print(f"all runs done in {time.perf_counter() - started:.0f} s")

@@ -16,13 +16,11 @@ then evaluates each run's best epoch so far; without it, each run trains until e
 import argparse
 import json
 import math
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _launch import train_the_classifier_once
+from _launch import train_at_once, train_the_classifier_once
 from omegaconf import OmegaConf
 
 # Table 1 of the paper, the N-VAE rows: log-likelihood, reconstruction (its RE) and KL, nats per image;
@@ -45,50 +43,15 @@ def train_command(run_dir: Path, latent: int, seed: int, overrides: list[str], *
     ]
 
 
-def epochs_done(run_dir: Path) -> int:
-    metrics = run_dir / "metrics.jsonl"
-    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
-
-
 def run_all(out: Path, latents: list[int], seeds: list[int], train_for_s: float | None, overrides: list[str]):
     """Train every (latent size, seed) at once; past train_for_s, stop them and evaluate their best epoch."""
     train_the_classifier_once(["experiment=davidson2018", *overrides])  # not once in each job at once
-    started = time.perf_counter()
-    jobs = {}
-    for latent in latents:
-        for seed in seeds:
-            run_dir = out / f"d{latent}_seed{seed}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(run_dir.with_suffix(".log"), "a")  # noqa: SIM115 (open while the job runs)
-            command = train_command(run_dir, latent, seed, overrides)
-            jobs[run_dir] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, command)
-    finished = {}  # seconds from the start to each run's end
-    while len(finished) < len(jobs):
-        for run_dir, (job, _, _) in jobs.items():
-            if run_dir not in finished and job.poll() is not None:
-                finished[run_dir] = time.perf_counter() - started
-        if train_for_s is not None and time.perf_counter() - started > train_for_s:
-            for job, _, _ in jobs.values():
-                if job.poll() is None:
-                    job.send_signal(signal.SIGTERM)  # the run saves its checkpoint and stops
-            for job, _, _ in jobs.values():
-                job.wait()
-            break
-        time.sleep(2)
-    stopped = [run_dir for run_dir in jobs if run_row(run_dir) is None]
-    evaluations = {}
-    for run_dir in stopped:  # go on from the checkpoint with no epoch left: the best epoch is evaluated
-        _, log, command = jobs[run_dir]
-        more = [f"trainer.epochs={max(1, epochs_done(run_dir))}", "trainer.resume=true"]
-        evaluations[run_dir] = subprocess.Popen(command + more, stdout=log, stderr=subprocess.STDOUT)
-    for run_dir, job in evaluations.items():
-        job.wait()
-        finished[run_dir] = time.perf_counter() - started
-    for _, log, _ in jobs.values():
-        log.close()
-    walls = {run_dir.name: round(seconds, 1) for run_dir, seconds in finished.items()}
-    (out / "wall_times.json").write_text(json.dumps(walls, indent=2) + "\n")
-    print(f"all runs done in {time.perf_counter() - started:.0f} s")
+    commands = {
+        out / f"d{latent}_seed{seed}": train_command(out / f"d{latent}_seed{seed}", latent, seed, overrides)
+        for latent in latents
+        for seed in seeds
+    }
+    train_at_once(commands, train_for_s, out / "wall_times.json")
 
 
 def run_row(run_dir: Path) -> dict | None:

@@ -127,9 +127,18 @@ class ELBOSchema(ReconstructionSchema):
 
 
 @dataclass
+class ImportanceWeightedSchema:
+    _target_: str = MISSING
+    samples: int = positive_int()  # k draws of q(z|x) per image
+    bound: str = one_of("iwae", "elbo")
+    likelihood: Any = MISSING
+
+
+@dataclass
 class OptimizerSchema:
     _target_: str = MISSING
     lr: float = positive_number()
+    eps: float = positive_number()
     foreach: Optional[bool] = MISSING
     fused: Optional[bool] = MISSING
 
@@ -137,6 +146,12 @@ class OptimizerSchema:
 @dataclass
 class EarlyStoppingSchema:
     patience: Optional[int] = positive_int("for no early stopping")  # epochs (training/early_stopping.py)
+
+
+@dataclass
+class LrStagesSchema:
+    base: Optional[int] = positive_int("for optimizer.lr throughout")  # stage i lasts base^i epochs
+    decay: float = checked(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]")
 
 
 @dataclass
@@ -150,6 +165,7 @@ class TrainerSchema:
     sync_batchnorm: bool = MISSING
     early_stopping: EarlyStoppingSchema = field(default_factory=EarlyStoppingSchema)
     kl_warmup_epochs: Optional[int] = positive_int("for the loss's own KL weight throughout")  # kl_warmup.py
+    lr_stages: LrStagesSchema = field(default_factory=LrStagesSchema)  # training/lr_stages.py
 
 
 @dataclass
@@ -268,7 +284,12 @@ GROUP_SCHEMAS = {
         "celeba_schema": CelebASchema,
         "image_folder_schema": ImageFolderSchema,
     },
-    "loss": {"recon_schema": ReconstructionSchema, "kl_schema": KLSchema, "elbo_schema": ELBOSchema},
+    "loss": {
+        "recon_schema": ReconstructionSchema,
+        "kl_schema": KLSchema,
+        "elbo_schema": ELBOSchema,
+        "iwae_schema": ImportanceWeightedSchema,
+    },
     "loss/likelihood": {"gaussian_schema": GaussianLikelihoodSchema},
     "logger": {
         "none_schema": NoLoggerSchema,

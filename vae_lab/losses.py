@@ -7,7 +7,9 @@ every run logs reconstruction and KL whatever it optimises, and any further term
 The interface a loss keeps (docs/extending.md): called as loss(output: ModelOutput, images) it gives
 back LossParts; `requires_posterior` (True where it needs the VAE's q(z|x)) lets a run refuse a
 deterministic model before training; `likelihood` (the pixel likelihood p(x|z)) is what the
-evaluation scores the model under.
+evaluation scores the model under. A loss that decodes codes of its own (the importance-weighted
+bound's further draws) sets `uses_decoder = True` and is called as loss(output, images, decode=...),
+decode mapping codes (B, latent_dim) to pixel logits with the model's own decoder (`loss_parts`).
 
 Convention: reconstruction is -log p(x|z) summed over pixels (and channels). p(x|z) is a likelihood
 object, also picked by `_target_` (conf/loss/likelihood/*.yaml): Bernoulli by default, BCE summed over
@@ -22,7 +24,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from vae_lab.models.autoencoder import ModelOutput
+from vae_lab.errors import ConfigError
+from vae_lab.models.autoencoder import ModelOutput, reparameterise
 
 
 @dataclass
@@ -155,6 +158,34 @@ def gaussian_kl_nats_per_image(mean: torch.Tensor, log_var: torch.Tensor) -> tor
     return -0.5 * gaussian_kl_terms(mean, log_var).sum(1)
 
 
+def log_mean_exp(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log of the mean of exp(values) along dim, without overflow."""
+    return torch.logsumexp(values, dim) - math.log(values.shape[dim])
+
+
+def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag(exp(log_var))) summed over the last dimension."""
+    return -0.5 * (math.log(2 * math.pi) + log_var + (z - mean).pow(2) / log_var.exp()).sum(-1)
+
+
+def importance_log_weights(
+    log_px_z: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
+) -> torch.Tensor:
+    """Give back log p(x|z) + log p(z) - log q(z|x) for draws z (k, N, D) of q(z|x): (k, N) (Burda et al.
+    2016), with p(z) = N(0, I) and q(z|x) = N(mean, diag(exp(log_var)))."""
+    log_pz = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
+    log_qz_x = gaussian_log_density(z, mean, log_var)
+    return log_px_z + log_pz - log_qz_x
+
+
+def loss_parts(loss, output: ModelOutput, images: torch.Tensor, decode) -> "LossParts":
+    """Call `loss` as its interface says: loss(output, images), or loss(output, images, decode=decode)
+    where it declares `uses_decoder`; decode maps codes (B, latent_dim) to pixel logits."""
+    if getattr(loss, "uses_decoder", False):
+        return loss(output, images, decode=decode)
+    return loss(output, images)
+
+
 class WeightedLoss:
     """recon_weight * reconstruction + kl_weight * KL; a weight of 0 leaves its term out of the graph.
 
@@ -211,3 +242,55 @@ class ELBO(WeightedLoss):
 
     def __init__(self, recon_weight: float = 1.0, kl_weight: float = 1.0, likelihood=None):
         super().__init__(recon_weight, kl_weight, likelihood)
+
+
+IMPORTANCE_BOUNDS = ("iwae", "elbo")
+
+
+class ImportanceWeighted:
+    """The negative importance-weighted bound of Burda et al. 2016 on k draws z_1..z_k of q(z|x):
+    -log (1/k) sum_i w_i with w_i = p(x|z_i) p(z_i) / q(z_i|x).
+
+    bound="iwae" is their IWAE objective; bound="elbo" takes the mean of the k log weights instead, the
+    ELBO estimated on k draws (their "VAE, k samples"). At k = 1 both are the ELBO's one-draw estimate:
+    reconstruction at the forward pass's own code plus log q(z|x) - log p(z), whose mean over draws is the
+    closed-form ELBO. The first draw is the forward pass's code; the other k - 1 are decoded by `decode`.
+    recon and kl are logged as the ELBO's (the forward pass's draw, the closed-form KL); `total` is the
+    bound the run optimises, and test.total the same bound on the test split.
+    """
+
+    requires_posterior = True
+    uses_decoder = True
+
+    def __init__(self, samples: int = 5, bound: str = "iwae", likelihood=None):
+        if not (isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1):
+            raise ConfigError(f"loss.samples={samples!r} is not allowed: it must be a positive integer (k).")
+        if bound not in IMPORTANCE_BOUNDS:
+            raise ConfigError(f"loss.bound={bound!r} is not allowed: it must be one of iwae, elbo.")
+        self.samples, self.bound = samples, bound
+        self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
+
+    def log_weights(self, output: ModelOutput, images: torch.Tensor, decode) -> torch.Tensor:
+        """Give back the k log weights of each image (k, B), the forward pass's code first."""
+        mean, log_var = output.mean, output.log_var
+        first = -self.likelihood.nats_per_image(output.recon_logits, images)
+        z, log_px_z = output.code.unsqueeze(0), first.unsqueeze(0)
+        if self.samples > 1:
+            noise = torch.randn(self.samples - 1, *mean.shape, device=mean.device)
+            more = reparameterise(mean, log_var, noise)
+            logits = decode(more.flatten(0, 1))
+            targets = images.expand(self.samples - 1, *images.shape).flatten(0, 1)
+            nll = self.likelihood.nats_per_image(logits, targets).view(self.samples - 1, len(images))
+            z, log_px_z = torch.cat([z, more]), torch.cat([log_px_z, -nll])
+        return importance_log_weights(log_px_z, z, mean, log_var)
+
+    def __call__(self, output: ModelOutput, images: torch.Tensor, decode) -> LossParts:
+        log_weights = self.log_weights(output, images, decode)
+        bound = log_mean_exp(log_weights, 0) if self.bound == "iwae" else log_weights.mean(0)
+        recon = self.likelihood.nats_per_image(output.recon_logits, images).mean()
+        kl = gaussian_kl_nats_per_image(output.mean, output.log_var).mean()
+        return LossParts(total=-bound.mean(), recon=recon, kl=kl)
+
+    def __repr__(self) -> str:
+        likelihood = "" if self.likelihood.name == "bernoulli" else f", likelihood={self.likelihood!r}"
+        return f"ImportanceWeighted(samples={self.samples}, bound={self.bound!r}{likelihood})"

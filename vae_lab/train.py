@@ -61,6 +61,7 @@ from vae_lab.training.launchers import (
 )
 from vae_lab.training.loggers import NoLogger, run_context
 from vae_lab.training.loop import FitSettings, TrainingDiverged, TrainStep, fit, format_parts
+from vae_lab.training.lr_stages import LrStages
 from vae_lab.training.run_folder import CHECKPOINT_FILE, SUMMARY_FILE, flatten, is_finite_number, read_summary
 from vae_lab.training.stopping import RunInterrupted, StopSignals, watch_launcher
 
@@ -186,6 +187,8 @@ def fit_settings(cfg: DictConfig, run_dir: Path) -> FitSettings:
         hydra_files=checkpoints.read_hydra_files(run_dir),
         early_stopping_patience=cfg.trainer.early_stopping.patience,
         kl_warmup_epochs=cfg.trainer.kl_warmup_epochs,
+        lr_stages=LrStages.of(cfg.trainer.lr_stages.base, cfg.trainer.lr_stages.decay),
+        lr=cfg.optimizer.lr,
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vae_lab.data import in_order, to_float
+from vae_lab.losses import loss_parts
 from vae_lab.models.autoencoder import reparameterise
 
 
@@ -37,7 +38,7 @@ def evaluate_loss(
         torch.manual_seed(seed)
         for batch in in_order(len(images), batch_size):
             x = to_float(images[batch])
-            for name, value in loss(model(x), x).named().items():
+            for name, value in loss_parts(loss, model(x), x, model.decoder).named().items():
                 if value is None or sums.get(name, 0.0) is None:
                     sums[name] = None
                 else:

@@ -9,7 +9,13 @@ import math
 
 import torch
 
-from vae_lab.losses import binary_entropy_nats_per_image, gaussian_kl_terms
+from vae_lab.losses import (  # noqa: F401  (log densities and weights: metrics.<name> as ever)
+    binary_entropy_nats_per_image,
+    gaussian_kl_terms,
+    gaussian_log_density,
+    importance_log_weights,
+    log_mean_exp,
+)
 
 
 def binary_entropy_floor_nats(images: torch.Tensor) -> float:
@@ -19,10 +25,6 @@ def binary_entropy_floor_nats(images: torch.Tensor) -> float:
     pixels H(x) > 0, so BCE there is not a normalised likelihood and its floor is above zero.
     """
     return binary_entropy_nats_per_image(images).mean().item()
-
-
-def log_mean_exp(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    return torch.logsumexp(values, dim) - math.log(values.shape[dim])
 
 
 def iwae_bounds(log_weights: torch.Tensor, ks: tuple[int, ...] = (1, 10, 100)) -> dict[int, float]:
@@ -42,11 +44,6 @@ def kl_per_dimension(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
 def active_units(mean: torch.Tensor, threshold: float = 0.01) -> int:
     """Give back how many dimensions have Var_x[E_q(z|x)[z_d]] above threshold (Burda et al. 2016)."""
     return int((mean.var(0) > threshold).sum().item())
-
-
-def gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, diag(exp(log_var))) summed over the last dimension."""
-    return -0.5 * (math.log(2 * math.pi) + log_var + (z - mean).pow(2) / log_var.exp()).sum(-1)
 
 
 def mutual_information(mean: torch.Tensor, log_var: torch.Tensor, z: torch.Tensor) -> float:
@@ -101,16 +98,6 @@ def stratified_subset(labels: torch.Tensor, count: int) -> torch.Tensor:
     per_class = max(1, count // classes)
     chosen = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(classes)]
     return torch.cat(chosen).sort().values
-
-
-def importance_log_weights(
-    log_px_z: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
-) -> torch.Tensor:
-    """Give back log p(x|z) + log p(z) - log q(z|x) for draws z (k, N, D) of q(z|x): (k, N) (Burda et al.
-    2016), with p(z) = N(0, I) and q(z|x) = N(mean, diag(exp(log_var)))."""
-    log_pz = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
-    log_qz_x = gaussian_log_density(z, mean, log_var)
-    return log_px_z + log_pz - log_qz_x
 
 
 def pixel_pca(

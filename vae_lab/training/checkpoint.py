@@ -120,6 +120,9 @@ def from_state(state: Any, path: Path) -> Checkpoint:
     return Checkpoint(**kept)
 
 
+TORCH_ADAM_EPS = 1e-8  # optimizer.eps of runs written before it was a key
+
+
 def resume_key_config(cfg: DictConfig) -> dict[str, Any]:
     """Give back the parts of the config a run must keep to be resumed: what its numbers are of.
 
@@ -127,15 +130,22 @@ def resume_key_config(cfg: DictConfig) -> dict[str, Any]:
     its numbers then depart from an uninterrupted run's (`resume_point`)."""
     kept = OmegaConf.to_container(cfg, resolve=True)
     data = {key: value for key, value in kept["data"].items() if key not in ("root", "download")}
-    warmup = kept["trainer"].get("kl_warmup_epochs")
-    kl_warmup = {"kl_warmup_epochs": warmup} if warmup is not None else {}  # absent from older runs
+    trainer = {"batch_size": kept["trainer"]["batch_size"]}
+    # keys absent from older runs, kept only where set (their checkpoints then resume)
+    if kept["trainer"].get("kl_warmup_epochs") is not None:
+        trainer["kl_warmup_epochs"] = kept["trainer"]["kl_warmup_epochs"]
+    if (kept["trainer"].get("lr_stages") or {}).get("base") is not None:
+        trainer["lr_stages"] = kept["trainer"]["lr_stages"]
+    optimizer = dict(kept["optimizer"])
+    if optimizer.get("eps") == TORCH_ADAM_EPS:
+        del optimizer["eps"]
     return {
         "model": kept["model"],
         "loss": kept["loss"],
-        "optimizer": kept["optimizer"],
+        "optimizer": optimizer,
         "data": data,
         "seed": kept["seed"],
-        "trainer": {"batch_size": kept["trainer"]["batch_size"]} | kl_warmup,
+        "trainer": trainer,
     }
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.errors import VaeLabError
 from vae_lab.evaluation.inference import evaluate_loss
-from vae_lab.losses import LossParts
+from vae_lab.losses import LossParts, loss_parts
 from vae_lab.speed import SpeedOptions, speed_up
 from vae_lab.speed.cpu import cpu_features
 from vae_lab.training import checkpoint as checkpoints
@@ -25,6 +25,7 @@ from vae_lab.training.checkpoint import Checkpoint, EpochPosition
 from vae_lab.training.distributed import ONE_PROCESS, Ranks, data_parallel
 from vae_lab.training.early_stopping import EarlyStopping
 from vae_lab.training.kl_warmup import check_warmup_loss, warmed_up
+from vae_lab.training.lr_stages import LrStages, set_learning_rate
 from vae_lab.training.run_folder import write_metrics
 from vae_lab.training.stopping import RunInterrupted, StopSignals
 
@@ -81,7 +82,7 @@ class TrainStep:
         x = self.ranks.shard(batch).contiguous(memory_format=self.memory_format)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             output = self.forward_model(x) if noise is None else self.forward_model(x, noise=noise)
-        parts = self.loss(output.float() if self.bf16 else output, x)
+        parts = loss_parts(self.loss, output.float() if self.bf16 else output, x, self.decode)
         self.optimizer.zero_grad(set_to_none=True)
         if self.ranks.is_distributed and len(x) * self.ranks.world_size != rows:
             # an uneven last batch: weigh each process's mean by its rows, so that the averaged
@@ -91,6 +92,13 @@ class TrainStep:
             parts.total.backward()
         self.optimizer.step()
         return parts
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Pixel logits of codes from the model's decoder, at the step's precision, in fp32: the further
+        draws of a loss that decodes its own (losses.loss_parts). Its gradients reach the same
+        parameters as the forward pass's, so a run of several processes averages them as well."""
+        with torch.autocast(codes.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.decoder(codes).float()
 
 
 def warn_if_bf16_is_slow_here(device: torch.device) -> None:
@@ -218,6 +226,8 @@ class FitSettings:
     hydra_files: dict[str, str]  # the run's .hydra/*.yaml, kept in each checkpoint
     early_stopping_patience: Optional[int] = None  # epochs; None: no early stopping (early_stopping.py)
     kl_warmup_epochs: Optional[int] = None  # epochs; None: the KL weight as configured (kl_warmup.py)
+    lr_stages: Optional[LrStages] = None  # None: the optimizer's rate throughout (lr_stages.py)
+    lr: Optional[float] = None  # the optimizer's configured rate, which lr_stages lowers stage by stage
 
 
 def fit(
@@ -262,6 +272,8 @@ def fit(
             position = EpochPosition(epoch=epoch, order_rng=generator.get_state())
         desc = f"epoch {epoch}/{settings.epochs}"
         step.loss = warmed_up(loss, epoch, settings.kl_warmup_epochs)
+        if settings.lr_stages is not None:
+            set_learning_rate(step.optimizer, settings.lr_stages.rate(epoch, settings.lr))
         train = train_epoch(
             step, data, settings.batch_size, generator, position, stop, settings.progress, desc
         )
@@ -276,6 +288,8 @@ def fit(
         history.append(epoch_record(epoch, train, test, position, eval_s, len(data.train_images)))
         if settings.kl_warmup_epochs is not None:
             history[-1]["kl_weight"] = trained_with.kl_weight  # train.total holds the KL at this weight
+        if settings.lr_stages is not None:
+            history[-1]["lr"] = step.optimizer.param_groups[0]["lr"]
         if stopper is not None:
             history[-1]["validation"] = stopper.validation_loss(
                 step.model, loss, data, settings.eval_batch_size, settings.seed
