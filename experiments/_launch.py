@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 
 from vae_lab.errors import VaeLabError
 from vae_lab.evaluation.classifier import load_or_train_for_config
@@ -53,6 +54,8 @@ def train_the_classifier_once(arguments: list[str]) -> None:
         load_or_train_for_config(cfg)
     except VaeLabError as error:
         raise SystemExit(str(error)) from None
+    except InstantiationException as error:  # the data set's loader failed: its own words say why
+        raise SystemExit(str(error.__cause__ or error)) from None
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vae_lab import rate_distortion
 from vae_lab.errors import VaeLabError
+from vae_lab.figures import rate_distortion as rate_distortion_figures
 from vae_lab.figures.comparison_figures import draw_comparisons
 from vae_lab.labels import common_values, distinguishing_keys, label, run_settings, varying_keys
 from vae_lab.training.run_folder import find_runs, flatten, read_summary
@@ -310,7 +312,17 @@ def compare(
         ]
     (out / "comparison.md").write_text("\n".join(sections))
     written += draw_comparisons(rows, naming_keys(rows), out, data_root, device, own_axes)
-    return written
+    return written + write_rate_distortion(rows, out)
+
+
+def write_rate_distortion(rows: list[RunRow], out: Path) -> list[Path]:
+    """Where the runs hold two or more betas (vae_lab/rate_distortion.py): rate_distortion.md and its
+    figures, rate_distortion.png and metrics_vs_beta.png."""
+    found = rate_distortion.points(rows, naming_keys(rows))
+    if not found:
+        return []
+    (out / "rate_distortion.md").write_text(rate_distortion.table(found))
+    return [out / "rate_distortion.md", *rate_distortion_figures.draw(found, out)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from vae_lab.figures.plots import Panel
 from vae_lab.figures.run_figures import RunFigureTensors, figure_tensors
 from vae_lab.labels import grid, label
 from vae_lab.models import reparameterise
+from vae_lab.rate_distortion import BETA_KEYS
 from vae_lab.runs import load_run
 from vae_lab.training.run_folder import read_metrics
 
@@ -179,12 +180,13 @@ def _as_number(text: str) -> float | None:
 
 
 def draw_evidence_against_keys(completed, keys: list[str], out: Path) -> list[Path]:
-    """For each numeric key that names runs (but the seed): the test loss and the evidence metrics
+    """For each numeric key that names runs (but the seed, and the loss weights: their beta has figures
+    of its own, vae_lab/figures/rate_distortion.py): the test loss and the evidence metrics
     against it, one line per setting of the other naming keys, mean and a ±sd band over the seeds; an
     autoencoder's draws from the Gaussian fitted to its codes as a line of their own."""
     written = []
     for key in keys:
-        if key == "seed" or any(_as_number(r.settings.get(key, "")) is None for r in completed):
+        if key in ("seed", *BETA_KEYS) or any(_as_number(r.settings.get(key, "")) is None for r in completed):
             continue
         others = [k for k in keys if k not in (key, "seed")]
         lines = {}

@@ -220,6 +220,21 @@ def plot_curves(curves: Sequence[tuple[str, list[int], dict[str, list]]], path: 
     return _save(figure, path)
 
 
+def numeric_axis(axis, ticks: list[float]) -> None:
+    """A swept key's x axis: logarithmic where its values are positive (base 2 for sizes spanning less
+    than a hundredfold, base 10 beyond), symmetric-log where a 0 stands below a wide span of positive
+    values (a KL weight of 0, 0.03, ..., 30), linear otherwise; a tick at every value."""
+    positive = [x for x in ticks if x > 0]
+    if positive and len(positive) == len(ticks):
+        axis.set_xscale("log", base=10 if positive[-1] / positive[0] >= 100 else 2)
+    elif len(positive) >= 2 and positive[-1] / positive[0] >= 100 and min(ticks) == 0:
+        axis.set_xscale("symlog", linthresh=positive[0], linscale=0.5)
+    else:
+        return
+    axis.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    axis.minorticks_off()
+
+
 def plot_metric_against_key(
     key: str, lines: dict[str, dict[str, tuple[list, list, list]]], path: Path
 ) -> Path:
@@ -245,11 +260,7 @@ def plot_metric_against_key(
         axis.set_xlabel(key, fontsize=8)
         axis.set_title(metric, fontsize=9)
         axis.tick_params(labelsize=7)
-        if all(x > 0 for line in by_line.values() for x in line[0]):
-            axis.set_xscale("log", base=2)
-            ticks = sorted({x for line in by_line.values() for x in line[0]})
-            axis.set_xticks(ticks, [f"{x:g}" for x in ticks])
-            axis.minorticks_off()
+        numeric_axis(axis, sorted({x for line in by_line.values() for x in line[0]}))
     handles, names = [], []
     for axis in axes.flat[: len(lines)]:
         for handle, name in zip(*axis.get_legend_handles_labels(), strict=True):
