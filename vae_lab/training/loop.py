@@ -95,8 +95,7 @@ class TrainStep:
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Pixel logits of codes from the model's decoder, at the step's precision, in fp32: the further
-        draws of a loss that decodes its own (losses.loss_parts). Its gradients reach the same
-        parameters as the forward pass's, so a run of several processes averages them as well."""
+        draws of a loss that decodes its own (losses.loss_parts)."""
         with torch.autocast(codes.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return self.model.decoder(codes).float()
 
