@@ -98,6 +98,7 @@ def test_a_wrong_type_fails_when_composing():
         ("optimizer.lr=0", "optimizer.lr"),
         ("optimizer.lr=-0.001", "optimizer.lr"),
         ("optimizer.lr=nan", "optimizer.lr"),
+        ("optimizer.eps=0", "optimizer.eps"),
         ("loss.kl_weight=-1", "loss.kl_weight"),
         ("data.limit=0", "data.limit"),
         ("device=tpu", "device"),
@@ -117,6 +118,14 @@ def test_a_kl_term_on_a_deterministic_autoencoder_is_a_config_error():
     cfg = compose_config("model=ae", "loss=elbo")
     with pytest.raises(ConfigError, match="deterministic autoencoder"):
         build(cfg, resolve_device("cpu"))
+
+
+def test_another_optimizer_is_one_override_and_a_given_eps_reaches_adam():
+    _, _, sgd = build(compose_config("optimizer._target_=torch.optim.SGD"), resolve_device("cpu"))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["lr"] == 1e-3
+    _, _, default = build(compose_config(), resolve_device("cpu"))
+    _, _, given = build(compose_config("optimizer.eps=1e-4"), resolve_device("cpu"))
+    assert (default.defaults["eps"], given.defaults["eps"]) == (1e-8, 1e-4)
 
 
 def test_cuda_asked_for_without_cuda_is_a_config_error(monkeypatch):

@@ -54,8 +54,9 @@ def positive_int(optional_means: str = "") -> Any:
     return checked(lambda v: _is_int(v) and v > 0, allowed, optional=bool(optional_means))
 
 
-def positive_number() -> Any:
-    return checked(lambda v: _is_number(v) and v > 0, "a positive, finite number")
+def positive_number(optional_means: str = "") -> Any:
+    allowed = "a positive, finite number" + (f", or null {optional_means}" if optional_means else "")
+    return checked(lambda v: _is_number(v) and v > 0, allowed, optional=bool(optional_means))
 
 
 def non_negative_number() -> Any:
@@ -138,7 +139,7 @@ class ImportanceWeightedSchema:
 class OptimizerSchema:
     _target_: str = MISSING
     lr: float = positive_number()
-    eps: float = positive_number()
+    eps: Optional[float] = positive_number("for the constructor's default")
     foreach: Optional[bool] = MISSING
     fused: Optional[bool] = MISSING
 

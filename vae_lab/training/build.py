@@ -5,7 +5,7 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError, VaeLabError
 
@@ -36,7 +36,10 @@ def build(cfg: DictConfig, device: torch.device):
             f"model {type(model).__name__} is a deterministic autoencoder: use model=vae or "
             "model=mlp_vae with this loss, or loss=recon with this model."
         )
-    optimizer = instantiate_node(cfg.optimizer, "optimizer", params=model.parameters())
+    # a key set to null is left out, so the constructor's own default applies (optimizer.eps=null
+    # with optimizer._target_=torch.optim.SGD, which takes no eps)
+    given = OmegaConf.create({key: value for key, value in cfg.optimizer.items() if value is not None})
+    optimizer = instantiate_node(given, "optimizer", params=model.parameters())
     return model, loss, optimizer
 
 

@@ -120,9 +120,6 @@ def from_state(state: Any, path: Path) -> Checkpoint:
     return Checkpoint(**kept)
 
 
-TORCH_ADAM_EPS = 1e-8  # optimizer.eps of runs written before it was a key
-
-
 def resume_key_config(cfg: DictConfig) -> dict[str, Any]:
     """Give back the parts of the config a run must keep to be resumed: what its numbers are of.
 
@@ -137,7 +134,7 @@ def resume_key_config(cfg: DictConfig) -> dict[str, Any]:
     if (kept["trainer"].get("lr_stages") or {}).get("base") is not None:
         trainer["lr_stages"] = kept["trainer"]["lr_stages"]
     optimizer = dict(kept["optimizer"])
-    if optimizer.get("eps") == TORCH_ADAM_EPS:
+    if optimizer.get("eps", 0) is None:
         del optimizer["eps"]
     return {
         "model": kept["model"],
