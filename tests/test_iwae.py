@@ -151,3 +151,29 @@ def test_the_experiment_config_is_the_papers_protocol():
     assert (cfg.trainer.batch_size, cfg.optimizer.lr, cfg.optimizer.eps) == (20, 1e-3, 1e-4)
     assert LrStages.of(cfg.trainer.lr_stages.base, cfg.trainer.lr_stages.decay).epochs_through(7) == 3280
     assert cfg.trainer.epochs == 3280 and cfg.evaluation.iwae_k == 5000
+
+
+def test_the_table_puts_each_evaluated_run_beside_the_paper_and_names_the_runs_not_evaluated(
+    tmp_path, monkeypatch
+):
+    import importlib
+
+    from tests.conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    burda = importlib.import_module("burda2015")
+    for name, bound, k in (("vae_k1", "elbo", 1), ("iwae_k50", "iwae", 50)):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"loss:\n  bound: {bound}\n  samples: {k}\n")
+    history = [{"test": {"total": 120.0}, "train_s": 10.4, "lr": 1e-3}]
+    history.append({"test": {"total": 110.0}, "train_s": 10.4})
+    (tmp_path / "vae_k1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    metrics = {"iwae": {"k": 5000, "images": 2000, "nll_k5000": 104.321}, "latent": {"active_units": 17}}
+    summary = {"status": "completed", "metrics": metrics, "device": "cpu"}
+    (tmp_path / "vae_k1" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "iwae_k50" / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    text = burda.write_table(tmp_path, tmp_path / "table").read_text()
+    assert "| VAE | 1 | 2 | 104.32 (K = 5,000, 2,000) | 86.76 | 17 | 21 s |" in text
+    assert "| iwae_k50 | | | not evaluated: see iwae_k50.log |" in text
+    assert (tmp_path / "table" / "burda2015_passes.png").stat().st_size > 0
+    assert json.loads((tmp_path / "table" / "burda2015.json").read_text())[0]["test_bound"] == [120.0, 110.0]

@@ -110,13 +110,17 @@ def posterior_sections(model, data: ImageData, settings, likelihood, known: dict
     return {"iwae": iwae, "latent": latent, "latent_holes": {"prior": prior_holes}, "test_codes": mean}
 
 
-def iwae_section(model, data: ImageData, settings, likelihood, images_at_once: int = 1000) -> dict:
+def iwae_section(
+    model, data: ImageData, settings, likelihood, images_at_once: int = 1000, draws_at_once: int = 200_000
+) -> dict:
     """Give back the IWAE bounds (Burda et al. 2016) in nats: -log p(x) estimated by importance sampling
     with K = iwae_k draws from q(z|x) (nll_k<K>, and the nested K = 1, 10, 100, 1,000, 5,000 up to iwae_k),
     on a stratified subset of the test split or, with iwae_images null, on every test image."""
     subset = iwae_subset(data, settings)
-    log_weights = []  # (K, images), a chunk of images at a time: never every image's K draws at once
-    for chunk in subset.split(images_at_once):
+    # (K, images), a chunk of images at a time: at most draws_at_once codes (K x images x latent size
+    # floats, and the densities' intermediates of that size) exist at once, whatever K is
+    log_weights = []
+    for chunk in subset.split(max(1, min(images_at_once, draws_at_once // settings.iwae_k))):
         draws = inference.importance_draws(model, data.test_images[chunk], settings.iwae_k, likelihood)
         log_weights.append(metrics.importance_log_weights(draws.log_px_z, draws.z, draws.mean, draws.log_var))
     ks = tuple(sorted({k for k in (*IWAE_KS, settings.iwae_k) if k <= settings.iwae_k}))
