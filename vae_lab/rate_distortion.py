@@ -8,6 +8,7 @@ beta = 0 is reconstruction only (loss=recon, or loss.kl_weight=0), beta = 1 the 
 """
 
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -82,7 +83,13 @@ def points(rows, keys: list[str]) -> list[Point]:
         point.train_images = int(row.metrics.get("train_images") or point.train_images)
     if len({beta for _, beta in found}) < 2:
         return []
-    return [found[key] for key in sorted(found)]
+    return [found[key] for key in sorted(found, key=lambda key: (_natural(key[0]), key[1]))]
+
+
+def _natural(text: str) -> list:
+    """'model.latent_dim=2' before 'model.latent_dim=16': the digits compared as numbers."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)|(\D+)", text)
+    return [(0, float(number), "") if number else (1, 0.0, word) for number, word in parts]
 
 
 def shown_beta(beta: float) -> str:

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
 from vae_lab.figures.plots import plt, save_figure
 from vae_lab.rate_distortion import AGAINST_BETA, ARTICLE_LOSSES, Point, mean_sd, shown_beta
@@ -44,8 +45,13 @@ def plot_rate_distortion(found: list[Point], path: Path) -> Path:
     log_n = math.log(train_images) if train_images > 1 else None
     if log_n is not None:
         high_r = max(high_r, log_n * 1.15)
+    # rates from about 0 (KL only) to hundreds (reconstruction only) and distortions a few times apart:
+    # log axes (the rate's linear below 1 nat) keep the points near the ELBO apart
+    wide_rate, wide_distortion = high_r > 50, high_d > 3 * low_d
     totals = np.linspace(low_r + low_d, high_r + high_d, 9)[1:-1]
-    r_line = np.linspace(low_r, high_r, 400)
+    if wide_rate:
+        totals = np.geomspace(low_d * 1.1, high_r + high_d, 9)[1:-1]
+    r_line = np.unique(np.concatenate([np.linspace(low_r, 1, 50), np.geomspace(1, high_r, 400)]))
     for total in totals:
         axis.plot(r_line, total - r_line, color="0.85", linewidth=0.7, linestyle="--", zorder=0)
     for p in found:
@@ -113,14 +119,25 @@ def plot_rate_distortion(found: list[Point], path: Path) -> Path:
                 s=90,
                 facecolors="none",
                 edgecolors="black",
-                label=f"the article's {ARTICLE_LOSSES[beta]}",
+                label=f"beta = {shown_beta(beta)}: {ARTICLE_LOSSES[beta]}, as in the article",
             )
+    if wide_rate:
+        axis.set_xscale("symlog", linthresh=1, linscale=0.5)
+    if wide_distortion:
+        axis.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        axis.yaxis.set_major_formatter(plain)
+        axis.yaxis.set_minor_formatter(plain)
+        axis.tick_params(axis="y", which="minor", labelsize=7)
     axis.set_xlim(low_r, high_r)
     axis.set_ylim(low_d, high_d)
     axis.set_xlabel("rate R = KL(q(z|x) || p(z)), nats per test image")
     axis.set_ylabel("distortion D = -log p(x|z), nats per test image")
-    axis.set_title("rate against distortion, mean ± sd over seeds; grey: R + D = constant", fontsize=10)
-    axis.legend(fontsize=8, loc="upper right")
+    scales = " (log axes)" if wide_rate or wide_distortion else ""
+    axis.set_title(
+        f"rate against distortion{scales}, mean ± sd over seeds; grey: R + D = constant", fontsize=10
+    )
+    axis.legend(fontsize=8, loc="best")
     return save_figure(figure, path)
 
 
