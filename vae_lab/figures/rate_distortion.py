@@ -18,36 +18,27 @@ def _colours(found: list[Point]) -> dict[str, tuple]:
     return {group: plt.get_cmap("tab10")(i % 10) for i, group in enumerate(groups)}
 
 
-def plot_rate_distortion(found: list[Point], path: Path) -> Path:
-    """D against R, one point per (group, beta) with the seeds' sd both ways, the article's losses marked
-    and named; the lines R + D = constant, the beta = 1 runs' own drawn darker; the data's likelihood
-    floor under D and log N, the most information z can hold about one of N images, beside R."""
-    figure, axis = plt.subplots(figsize=(8.5, 6), layout="constrained")
-    colours = _colours(found)
-    rates = [r for p in found for r in p.rates]
-    distortions = [d for p in found for d in p.distortions]
-    low_r, high_r = 0.0, max(rates) * 1.15 + 1
-    low_d, high_d = min(distortions) * 0.9, max(distortions) * 1.05
+def _draw_floor(axis, found: list[Point], high_r: float) -> float | None:
+    """The data's likelihood floor under D, with its words; None where no run has one."""
     floors = [f for p in found for f in p.floors]
-    if floors:
-        floor = float(np.mean(floors))
-        low_d = min(low_d, floor * 0.95)
-        axis.axhline(floor, color="black", linewidth=1)
-        axis.annotate(
-            f"the data's likelihood floor {floor:.1f}: D cannot go below it",
-            (high_r, floor),
-            xytext=(-4, 4),
-            textcoords="offset points",
-            ha="right",
-            fontsize=8,
-        )
-    train_images = max(p.train_images for p in found)
-    log_n = math.log(train_images) if train_images > 1 else None
-    if log_n is not None:
-        high_r = max(high_r, log_n * 1.15)
-    # rates from about 0 (KL only) to hundreds (reconstruction only) and distortions a few times apart:
-    # log axes (the rate's linear below 1 nat) keep the points near the ELBO apart
-    wide_rate, wide_distortion = high_r > 50, high_d > 3 * low_d
+    if not floors:
+        return None
+    floor = float(np.mean(floors))
+    axis.axhline(floor, color="black", linewidth=1)
+    axis.annotate(
+        f"the data's likelihood floor {floor:.1f}: D cannot go below it",
+        (high_r, floor),
+        xytext=(-4, 4),
+        textcoords="offset points",
+        ha="right",
+        fontsize=8,
+    )
+    return floor
+
+
+def _draw_contours(axis, found: list[Point], colours: dict, limits: tuple, wide_rate: bool) -> None:
+    """The lines R + D = constant in grey, and each group's beta = 1 ELBO in its colour."""
+    low_r, high_r, low_d, high_d = limits
     totals = np.linspace(low_r + low_d, high_r + high_d, 9)[1:-1]
     if wide_rate:
         totals = np.geomspace(low_d * 1.1, high_r + high_d, 9)[1:-1]
@@ -65,16 +56,23 @@ def plot_rate_distortion(found: list[Point], path: Path) -> Path:
                 linestyle="--",
                 label=f"R + D = {elbo:.1f}: the ELBO of beta = 1" + (f" ({p.group})" if p.group else ""),
             )
-    if log_n is not None:
-        axis.axvline(log_n, color="0.4", linewidth=1, linestyle=":")
-        axis.annotate(
-            f"log N = {log_n:.1f}: I(x; z) <= log N",
-            (log_n, high_d),
-            xytext=(4, -12),
-            textcoords="offset points",
-            fontsize=8,
-            color="0.3",
-        )
+
+
+def _draw_log_n(axis, log_n: float, high_d: float) -> None:
+    axis.axvline(log_n, color="0.4", linewidth=1, linestyle=":")
+    axis.annotate(
+        f"log N = {log_n:.1f}: I(x; z) <= log N",
+        (log_n, high_d),
+        xytext=(4, -12),
+        textcoords="offset points",
+        fontsize=8,
+        color="0.3",
+    )
+
+
+def _draw_points(axis, found: list[Point], colours: dict) -> None:
+    """One line of points per group, mean ± sd over seeds both ways, each named by its beta; the
+    article's three losses ringed."""
     for group in colours:
         members = [p for p in found if p.group == group]
         r = [mean_sd(p.rates) for p in members]
@@ -102,13 +100,7 @@ def plot_rate_distortion(found: list[Point], path: Path) -> Path:
             )
             if p.beta in MARKERS:
                 axis.scatter(
-                    [rm],
-                    [dm],
-                    marker=MARKERS[p.beta],
-                    s=140,
-                    facecolors="none",
-                    edgecolors="black",
-                    zorder=4,
+                    [rm], [dm], marker=MARKERS[p.beta], s=140, facecolors="none", edgecolors="black", zorder=4
                 )
     for beta, marker in MARKERS.items():
         if any(p.beta == beta for p in found):
@@ -121,6 +113,11 @@ def plot_rate_distortion(found: list[Point], path: Path) -> Path:
                 edgecolors="black",
                 label=f"beta = {shown_beta(beta)}: {ARTICLE_LOSSES[beta]}, as in the article",
             )
+
+
+def _log_scales(axis, wide_rate: bool, wide_distortion: bool) -> None:
+    """A symmetric-log rate (linear below 1 nat) and a log distortion where they span orders of
+    magnitude, with plain tick labels."""
     if wide_rate:
         axis.set_xscale("symlog", linthresh=1, linscale=0.5)
     if wide_distortion:
@@ -129,6 +126,33 @@ def plot_rate_distortion(found: list[Point], path: Path) -> Path:
         axis.yaxis.set_major_formatter(plain)
         axis.yaxis.set_minor_formatter(plain)
         axis.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def plot_rate_distortion(found: list[Point], path: Path) -> Path:
+    """D against R, one point per (group, beta) with the seeds' sd both ways, the article's losses marked
+    and named; the lines R + D = constant, the beta = 1 runs' own drawn darker; the data's likelihood
+    floor under D and log N, the most information z can hold about one of N images, beside R."""
+    figure, axis = plt.subplots(figsize=(8.5, 6), layout="constrained")
+    colours = _colours(found)
+    rates = [r for p in found for r in p.rates]
+    distortions = [d for p in found for d in p.distortions]
+    low_r, high_r = 0.0, max(rates) * 1.15 + 1
+    low_d, high_d = min(distortions) * 0.9, max(distortions) * 1.05
+    floor = _draw_floor(axis, found, high_r)
+    if floor is not None:
+        low_d = min(low_d, floor * 0.95)
+    train_images = max(p.train_images for p in found)
+    log_n = math.log(train_images) if train_images > 1 else None
+    if log_n is not None:
+        high_r = max(high_r, log_n * 1.15)
+    # rates from about 0 (KL only) to hundreds (reconstruction only) and distortions a few times apart:
+    # log axes (the rate's linear below 1 nat) keep the points near the ELBO apart
+    wide_rate, wide_distortion = high_r > 50, high_d > 3 * low_d
+    _draw_contours(axis, found, colours, (low_r, high_r, low_d, high_d), wide_rate)
+    if log_n is not None:
+        _draw_log_n(axis, log_n, high_d)
+    _draw_points(axis, found, colours)
+    _log_scales(axis, wide_rate, wide_distortion)
     axis.set_xlim(low_r, high_r)
     axis.set_ylim(low_d, high_d)
     axis.set_xlabel("rate R = KL(q(z|x) || p(z)), nats per test image")
