@@ -229,6 +229,44 @@ class FitSettings:
     lr: Optional[float] = None  # the optimizer's configured rate, which lr_stages lowers stage by stage
 
 
+def _restore(
+    step: TrainStep, checkpoint: Optional[Checkpoint], generator: torch.Generator, run_dir: Path
+) -> tuple[list[dict[str, Any]], Optional[EpochPosition]]:
+    """The history and the place within an epoch that `checkpoint` holds (none without one), its weights,
+    optimizer state and image order restored."""
+    if checkpoint is None:
+        return [], None
+    checkpoint.restore(step.model, step.optimizer, generator)
+    history, position = checkpoint.history, checkpoint.position
+    log.info(
+        f"resuming after epoch {checkpoint.epoch}"
+        + (f", step {position.step} of epoch {position.epoch}" if position else "")
+    )
+    if step.ranks.is_main:
+        write_metrics(run_dir, history)  # drops a line written after the checkpoint, before a kill
+    return history, position
+
+
+def _add_schedule_and_validation(
+    record: dict[str, Any],
+    step: TrainStep,
+    settings: FitSettings,
+    trained_with,
+    stopper: Optional[EarlyStopping],
+    data: ImageData,
+) -> None:
+    """An epoch's KL weight under a warm-up, learning rate under lr_stages and validation loss under early
+    stopping, where each applies."""
+    if settings.kl_warmup_epochs is not None:
+        record["kl_weight"] = trained_with.kl_weight  # train.total holds the KL at this weight
+    if settings.lr_stages is not None:
+        record["lr"] = step.optimizer.param_groups[0]["lr"]
+    if stopper is not None:
+        record["validation"] = stopper.validation_loss(
+            step.model, step.loss, data, settings.eval_batch_size, settings.seed
+        )
+
+
 def fit(
     step: TrainStep,
     data: ImageData,
@@ -241,17 +279,7 @@ def fit(
     """Train up to settings.epochs from `checkpoint` (or from scratch), checkpointing every epoch and
     when a stop signal arrives; give back the last epoch's record."""
     generator = torch.Generator().manual_seed(settings.seed)  # the order of the training images
-    history: list[dict[str, Any]] = []
-    position: Optional[EpochPosition] = None
-    if checkpoint is not None:
-        checkpoint.restore(step.model, step.optimizer, generator)
-        history, position = checkpoint.history, checkpoint.position
-        log.info(
-            f"resuming after epoch {checkpoint.epoch}"
-            + (f", step {position.step} of epoch {position.epoch}" if position else "")
-        )
-        if step.ranks.is_main:
-            write_metrics(run_dir, history)  # drops a line written after the checkpoint, before a kill
+    history, position = _restore(step, checkpoint, generator, run_dir)
 
     stopper = EarlyStopping.start(
         settings.early_stopping_patience, data, run_dir, history, step.model, step.ranks.is_main
@@ -285,14 +313,7 @@ def fit(
         test = evaluate_loss(step.model, loss, data.test_images, settings.eval_batch_size, settings.seed)
         eval_s = time.perf_counter() - evaluated
         history.append(epoch_record(epoch, train, test, position, eval_s, len(data.train_images)))
-        if settings.kl_warmup_epochs is not None:
-            history[-1]["kl_weight"] = trained_with.kl_weight  # train.total holds the KL at this weight
-        if settings.lr_stages is not None:
-            history[-1]["lr"] = step.optimizer.param_groups[0]["lr"]
-        if stopper is not None:
-            history[-1]["validation"] = stopper.validation_loss(
-                step.model, loss, data, settings.eval_batch_size, settings.seed
-            )
+        _add_schedule_and_validation(history[-1], step, settings, trained_with, stopper, data)
         position = None
         save(None)  # the checkpoint first: metrics.jsonl is rewritten from it on resume
         if step.ranks.is_main:
