@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from vae_lab.compare import compare, flatten_numbers, headline_table, read_row
+from vae_lab.compare import compare, headline_table, read_row, summary_numbers
 from vae_lab.evaluation.metrics import aggregate_posterior_map
 from vae_lab.figures import plots
 from vae_lab.figures.plots import Panel
@@ -86,7 +86,7 @@ def test_the_table_has_no_column_that_is_the_same_for_every_run_and_states_those
     compare([base])
     csv_header = (base / "comparison.csv").read_text().splitlines()[0].split(",")
     lines = (base / "comparison.csv").read_text().splitlines()[1:]
-    numbers = set(flatten_numbers(json.loads((base / "0_run" / "summary.json").read_text())))
+    numbers = set(summary_numbers(json.loads((base / "0_run" / "summary.json").read_text())))
     settings = [name for name in csv_header if name not in ("run", "status", "error") and name not in numbers]
     assert "model" in settings and "model.latent_dim" in settings and "trainer.epochs" in settings
     for name in settings:  # every setting column tells runs apart; none is the same for all

@@ -30,7 +30,7 @@ from vae_lab.evaluate import evaluate_folder
 from vae_lab.figures import plots
 from vae_lab.losses import ELBO, GaussianLikelihood, Reconstruction, gaussian_nats_per_image
 from vae_lab.models import ModelOutput
-from vae_lab.training.loggers import NoLogger, TensorBoardLogger, flatten_numbers
+from vae_lab.training.loggers import NoLogger, TensorBoardLogger, finite_numbers
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
@@ -254,7 +254,7 @@ def test_tensorboard_missing_is_a_config_error_with_the_install_hint(tmp_path, m
 
 def test_flattened_metrics_keep_numbers_only():
     tree = {"a": {"b": 1, "c": None, "d": "text", "e": True}, "f": [2.0, float("nan")]}
-    assert dict(flatten_numbers(tree)) == {"a/b": 1.0, "f/0": 2.0}
+    assert dict(finite_numbers(tree)) == {"a/b": 1.0, "f/0": 2.0}
 
 
 # ---------------------------------------------------------------- a few training steps on each

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import FAST_EVALUATION, python, write_fake_mnist
-from vae_lab.compare import flatten_numbers
+from vae_lab.compare import summary_numbers
 from vae_lab.evaluate import main as evaluate_main
 
 BASE = ["trainer.epochs=2", "trainer.batch_size=32", "trainer.progress=false", *FAST_EVALUATION]
@@ -137,8 +137,8 @@ def test_evaluate_adds_the_metrics_to_an_existing_run_and_rewrites_nothing_else(
 def test_evaluate_gives_the_same_numbers_as_the_run_did(vae_summary):
     run_dir, summary = vae_summary
     assert evaluate_main([str(run_dir)]) == 0
-    again = flatten_numbers(json.loads((run_dir / "summary.json").read_text())["metrics"])
-    before = flatten_numbers(summary["metrics"])
+    again = summary_numbers(json.loads((run_dir / "summary.json").read_text())["metrics"])
+    before = summary_numbers(summary["metrics"])
     before.pop("evaluation_s")
     assert {key: again[key] for key in before} == pytest.approx(before, rel=1e-5)
     kl_per_dim = json.loads((run_dir / "summary.json").read_text())["metrics"]["latent"]["kl_per_dim"]

@@ -67,7 +67,7 @@ class RunRow:
     metrics: dict[str, float | None]
 
 
-def flatten_numbers(data: dict[str, Any]) -> dict[str, float | None]:
+def summary_numbers(data: dict[str, Any]) -> dict[str, float | None]:
     """Give back every number in a nested dict, keys joined by '_' (None kept: not applicable)."""
     return {
         name: value
@@ -82,7 +82,7 @@ def read_row(run_dir: Path, base: Path) -> RunRow:
         status, error, metrics = "incomplete", "no summary.json: still running, or killed", {}
     else:
         status, error = summary.get("status", "unknown"), summary.get("error", "")
-        metrics = flatten_numbers({k: v for k, v in summary.items() if k not in ("status", "error")})
+        metrics = summary_numbers({k: v for k, v in summary.items() if k not in ("status", "error")})
     try:
         name = str(run_dir.relative_to(base)) if run_dir != base else run_dir.name
     except ValueError:
