@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from vae_lab.compare import compare, headline_table, read_row, summary_numbers
-from vae_lab.evaluation.metrics import aggregate_posterior_map
+from vae_lab.evaluation.latent_holes import aggregate_posterior_map
 from vae_lab.figures import plots
 from vae_lab.figures.plots import Panel
 from vae_lab.labels import distinguishing_keys, grid, run_settings, varying_keys

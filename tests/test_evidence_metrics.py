@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vae_lab.evaluation import metrics, sample_quality
+from vae_lab.evaluation import latent_holes, metrics, sample_quality
 
 
 def generator(seed: int) -> torch.Generator:
@@ -118,7 +118,7 @@ def posteriors(kind: str, count: int, dims: int, g: torch.Generator) -> tuple[to
 @pytest.mark.parametrize("kind", ["prior", "narrow"])
 def test_no_holes_and_no_kl_when_the_aggregate_posterior_is_the_prior(kind, dims):
     mean, log_var = posteriors(kind, 4000, dims, generator(7))
-    result = metrics.aggregate_posterior_holes(mean, log_var, generator=generator(8))
+    result = latent_holes.aggregate_posterior_holes(mean, log_var, generator=generator(8))
     assert result["prior_draws"] == 10_000 and result["posterior_draws"] == 10_000
     assert result["density_components"] == 2000
     assert abs(result["hole_mass"] - 0.05) < 0.015
@@ -142,14 +142,14 @@ def test_the_plain_in_sample_estimate_sees_holes_that_are_not_there():
     The metric reports that plain reading as hole_mass_upper, the top of its bracket."""
     g = generator(9)
     mean, log_var = posteriors("narrow", 2000, 16, g)
-    q_draws = metrics._draws_from_mixture(mean, log_var, 2000, g)
+    q_draws = latent_holes.draws_from_mixture(mean, log_var, 2000, g)
     p_draws = torch.randn(2000, 16, generator=g, dtype=torch.float64)
-    level = torch.quantile(metrics._mixture_log_density(q_draws, mean, log_var), 0.05)
-    plain_hole_mass = (metrics._mixture_log_density(p_draws, mean, log_var) < level).double().mean()
+    level = torch.quantile(latent_holes.mixture_log_density(q_draws, mean, log_var), 0.05)
+    plain_hole_mass = (latent_holes.mixture_log_density(p_draws, mean, log_var) < level).double().mean()
     assert plain_hole_mass > 0.9
-    narrow = metrics.aggregate_posterior_holes(mean, log_var, 4000, 4000, generator=generator(10))
+    narrow = latent_holes.aggregate_posterior_holes(mean, log_var, 4000, 4000, generator=generator(10))
     assert narrow["hole_mass_upper"] > 0.9 and abs(narrow["hole_mass"] - 0.05) < 0.02
-    prior = metrics.aggregate_posterior_holes(*posteriors("prior", 2000, 16, g), 4000, 4000, generator=g)
+    prior = latent_holes.aggregate_posterior_holes(*posteriors("prior", 2000, 16, g), 4000, 4000, generator=g)
     assert abs(prior["hole_mass_upper"] - 0.05) < 0.02  # where the posteriors overlap, the bracket closes
 
 
@@ -158,7 +158,7 @@ def test_a_shifted_aggregate_posterior_has_holes_and_its_known_kl():
     mean = torch.zeros(1000, dims)  # every component alike: q is exactly N(3 e_0, 0.1 I) for any count
     mean[:, 0] = 3.0
     log_var = torch.full((1000, dims), math.log(variance))
-    result = metrics.aggregate_posterior_holes(mean, log_var, generator=generator(10))
+    result = latent_holes.aggregate_posterior_holes(mean, log_var, generator=generator(10))
     # KL(N(3 e_0, 0.1 I) || N(0, I)) = (16 * 0.1 + 9 - 16 - 16 log 0.1) / 2
     expected = 0.5 * (dims * variance + 9 - dims - dims * math.log(variance))
     assert result["kl_q_p"] == pytest.approx(expected, abs=4 * result["kl_q_p_se"])
@@ -169,7 +169,7 @@ def test_a_shifted_aggregate_posterior_has_holes_and_its_known_kl():
 def test_narrow_posteriors_shifted_in_two_dimensions_give_the_known_kl():
     mean, log_var = posteriors("narrow", 4000, 2, generator(11))
     mean[:, 0] += 3.0  # the mixture is N(3 e_0, I): KL = 9 / 2
-    result = metrics.aggregate_posterior_holes(mean, log_var, generator=generator(12))
+    result = latent_holes.aggregate_posterior_holes(mean, log_var, generator=generator(12))
     assert result["kl_reliable"]
     lower, upper = result["kl_q_p"], result["kl_q_p_upper"]
     assert lower - 3 * result["kl_q_p_se"] <= 4.5 <= upper + 3 * result["kl_q_p_upper_se"]
@@ -183,17 +183,17 @@ def test_narrow_posteriors_shifted_in_two_dimensions_give_the_known_kl():
 
 def test_the_hole_estimates_are_deterministic_given_the_generator():
     mean, log_var = posteriors("narrow", 400, 3, generator(13))
-    first = metrics.aggregate_posterior_holes(mean, log_var, 2000, 2000, generator=generator(14))
-    second = metrics.aggregate_posterior_holes(mean, log_var, 2000, 2000, generator=generator(14))
+    first = latent_holes.aggregate_posterior_holes(mean, log_var, 2000, 2000, generator=generator(14))
+    second = latent_holes.aggregate_posterior_holes(mean, log_var, 2000, 2000, generator=generator(14))
     assert first == second
 
 
 def test_two_posteriors_or_codes_give_a_zero_spread_bandwidth_not_nan(recwarn):
     # the smallest split: one held-out posterior (or code), whose spread is 0, not std's NaN with a warning
     mean, log_var = posteriors("narrow", 2, 3, generator(17))
-    holes = metrics.aggregate_posterior_holes(mean, log_var, 200, 200, generator=generator(18))
+    holes = latent_holes.aggregate_posterior_holes(mean, log_var, 200, 200, generator=generator(18))
     assert holes["bandwidth"] == [0.0, 0.0, 0.0]
-    kde = metrics.gaussian_kde_holes(torch.randn(2, 3, generator=generator(19)), generator=generator(20))
+    kde = latent_holes.gaussian_kde_holes(torch.randn(2, 3, generator=generator(19)), generator=generator(20))
     assert kde["bandwidth"] == pytest.approx([1e-6] * 3)  # a dimension that does not vary, as documented
     for result in (holes, kde):
         assert all(math.isfinite(result[key]) for key in ("hole_mass", "kl_q_p"))
@@ -204,7 +204,7 @@ def test_two_posteriors_or_codes_give_a_zero_spread_bandwidth_not_nan(recwarn):
 @pytest.mark.parametrize("dims", [2, 16])
 def test_kde_codes_drawn_from_the_reference_have_no_holes(dims):
     codes = torch.randn(4000, dims, generator=generator(15))
-    result = metrics.gaussian_kde_holes(codes, generator=generator(16))
+    result = latent_holes.gaussian_kde_holes(codes, generator=generator(16))
     assert result["posterior_draws"] == 2000 and result["density_components"] == 2000
     assert abs(result["hole_mass"] - 0.05) < 0.02
     assert result["kl_q_p"] <= 3 * result["kl_q_p_se"]  # a lower bound on the true 0
@@ -219,13 +219,13 @@ def test_kde_holes_against_a_fitted_or_a_given_gaussian():
     centre = torch.tensor([2.0, -1.0, 0.5])
     mixing = torch.tensor([[0.5, 0.0, 0.0], [0.2, 0.3, 0.0], [0.1, -0.1, 0.2]])
     codes = centre + torch.randn(4000, 3, generator=g) @ mixing.T
-    fitted = metrics.gaussian_kde_holes(codes, 5000, fit_reference=True, generator=generator(18))
+    fitted = latent_holes.gaussian_kde_holes(codes, 5000, fit_reference=True, generator=generator(18))
     assert abs(fitted["hole_mass"] - 0.05) < 0.02
-    given = metrics.gaussian_kde_holes(
+    given = latent_holes.gaussian_kde_holes(
         codes, 5000, reference_mean=centre, reference_covariance=mixing @ mixing.T, generator=generator(18)
     )
     assert abs(given["hole_mass"] - 0.05) < 0.02
-    against_prior = metrics.gaussian_kde_holes(codes, 5000, generator=generator(18))
+    against_prior = latent_holes.gaussian_kde_holes(codes, 5000, generator=generator(18))
     assert against_prior["hole_mass"] > 0.95 and against_prior["kl_q_p"] > 3
 
 
@@ -233,7 +233,7 @@ def test_two_clusters_leave_a_hole_in_their_fitted_gaussian():
     g = generator(19)
     codes = torch.randn(4000, 2, generator=g)
     codes[:, 0] += torch.where(torch.rand(4000, generator=g) < 0.5, -3.0, 3.0)
-    result = metrics.gaussian_kde_holes(codes, fit_reference=True, generator=generator(20))
+    result = latent_holes.gaussian_kde_holes(codes, fit_reference=True, generator=generator(20))
     assert result["hole_mass"] > 0.12
     assert result["kl_q_p"] > 0.2
 
@@ -241,7 +241,7 @@ def test_two_clusters_leave_a_hole_in_their_fitted_gaussian():
 def test_codes_that_never_vary_in_a_dimension_are_all_hole_and_no_nan():
     codes = torch.randn(1000, 3, generator=generator(23))
     codes[:, 2] = 0.5  # a dead code dimension: q is singular there
-    result = metrics.gaussian_kde_holes(codes, 2000, generator=generator(24))
+    result = latent_holes.gaussian_kde_holes(codes, 2000, generator=generator(24))
     assert result["bandwidth"][2] == 1e-6
     assert result["hole_mass"] == 1.0 and result["kl_q_p"] > 5
     assert all(math.isfinite(v) for v in result.values() if isinstance(v, float))

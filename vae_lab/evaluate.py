@@ -3,7 +3,8 @@
     python -m vae_lab.evaluate RUN_DIR [RUN_DIR ...]    # a run or a whole sweep folder
 
 adds the metrics to each finished run's summary.json and redraws its figures; nothing else is
-rewritten. The suite itself: vae_lab/evaluation/suite.py; every metric: vae_lab/evaluation/metrics.py.
+rewritten. The suite itself: vae_lab/evaluation/suite.py; every metric: vae_lab/evaluation/metrics.py,
+latent_holes.py, sample_quality.py and exact_likelihood.py.
 """
 
 import argparse

@@ -1,8 +1,9 @@
 """The evaluation suite of a trained model on its test split: one short section per family of metrics.
 
-Every number is computed in vae_lab/evaluation/metrics.py (definitions: docs/metrics.md); the sections
-run the model (vae_lab/evaluation/inference.py) and hand the tensors over, in the order summary.json
-lists them. The sections draw their random numbers in a fixed order (the model's own draws from torch's
+Every number is computed in vae_lab/evaluation/metrics.py, latent_holes.py, sample_quality.py and
+exact_likelihood.py (definitions: docs/metrics.md); the sections run the model
+(vae_lab/evaluation/inference.py) and hand the tensors over, in the order summary.json lists them.
+The sections draw their random numbers in a fixed order (the model's own draws from torch's
 generator seeded with the run's seed, the held-out splits and the hole estimates from `holes`, the
 prior draws from `draws`): the same model, settings and seed give the same numbers.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from vae_lab.data import ImageData, to_float
-from vae_lab.evaluation import exact_likelihood, inference, metrics, sample_quality
+from vae_lab.evaluation import exact_likelihood, inference, latent_holes, metrics, sample_quality
 from vae_lab.evaluation.classifier import classify, load_or_train
 from vae_lab.losses import ELBO, BernoulliLikelihood, Reconstruction
 
@@ -104,7 +105,7 @@ def posterior_sections(model, data: ImageData, settings, likelihood, known: dict
         "kl_per_dim": metrics.kl_per_dimension(mean, log_var).tolist(),
         "active_units": metrics.active_units(mean),
     } | metrics.mutual_information_all(mean[mi], log_var[mi], generator=holes)
-    prior_holes = metrics.aggregate_posterior_holes(
+    prior_holes = latent_holes.aggregate_posterior_holes(
         mean, log_var, settings.hole_draws, settings.hole_draws, generator=holes
     )
     return {"iwae": iwae, "latent": latent, "latent_holes": {"prior": prior_holes}, "test_codes": mean}
@@ -195,8 +196,8 @@ def code_sections(test_codes: torch.Tensor, settings, holes) -> dict:
     return {
         "latent": {"active_units": metrics.active_units(test_codes)},
         "latent_holes": {
-            "prior": metrics.gaussian_kde_holes(test_codes, settings.hole_draws, generator=holes),
-            "fitted_gaussian": metrics.gaussian_kde_holes(
+            "prior": latent_holes.gaussian_kde_holes(test_codes, settings.hole_draws, generator=holes),
+            "fitted_gaussian": latent_holes.gaussian_kde_holes(
                 test_codes, settings.hole_draws, fit_reference=True, generator=holes
             ),
         },

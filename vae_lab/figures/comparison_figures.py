@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from vae_lab.errors import VaeLabError
-from vae_lab.evaluation import inference, metrics
+from vae_lab.evaluation import inference, latent_holes, metrics
 from vae_lab.figures import plots
 from vae_lab.figures.plots import Panel
 from vae_lab.figures.run_figures import RunFigureTensors, figure_tensors
@@ -49,7 +49,7 @@ class RunTensors:
 
     figures: RunFigureTensors  # its own figures' tensors: reconstructions, prior samples, manifold
     latent_points: np.ndarray  # (N, 2): z1, z2 of one draw z ~ q(z|x) per test image, or the code
-    density: dict | None  # metrics.aggregate_posterior_map, for a 2-d latent
+    density: dict | None  # latent_holes.aggregate_posterior_map, for a 2-d latent
 
 
 def run_tensors(model, data) -> RunTensors:
@@ -66,7 +66,7 @@ def run_tensors(model, data) -> RunTensors:
     density = None
     if mean.shape[1] == 2:
         chosen = metrics.stratified_subset(data.test_labels.cpu(), min(DENSITY_CODES, len(mean)))
-        density = metrics.aggregate_posterior_map(
+        density = latent_holes.aggregate_posterior_map(
             mean.cpu()[chosen], None if log_var is None else log_var.cpu()[chosen]
         )
     return RunTensors(figures=figures, latent_points=points[:, :2].numpy(), density=density)

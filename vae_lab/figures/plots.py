@@ -398,7 +398,7 @@ def sample_grid_figure(panels: Sequence[Panel], title: str = "decoded draws from
 
 def density_grid_figure(panels: Sequence[Panel]):
     """Give back the figure of each 2-d run's aggregate posterior q(z) on a grid (Panel.content: a dict
-    of metrics.aggregate_posterior_map), log q in grey, its holes shaded red, the prior's circles."""
+    of latent_holes.aggregate_posterior_map), log q in grey, its holes shaded red, the prior's circles."""
     figure, axes = _comparison_grid(panels, (3.4, 3.6))
     for panel in panels:
         axis, found = axes[panel.row, panel.column], panel.content
