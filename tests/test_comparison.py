@@ -11,8 +11,8 @@ import yaml
 
 from vae_lab.compare import compare, headline_table, read_row, summary_numbers
 from vae_lab.evaluation.latent_holes import aggregate_posterior_map
-from vae_lab.figures import plots
-from vae_lab.figures.plots import Panel
+from vae_lab.figures import plots, side_by_side
+from vae_lab.figures.side_by_side import Panel
 from vae_lab.labels import distinguishing_keys, grid, run_settings, varying_keys
 
 
@@ -143,7 +143,7 @@ def test_latent_panels_share_equal_axes_with_the_prior_circles_by_default():
         Panel(0, i, f"loss={name}", cloud(scale))
         for i, (name, scale) in enumerate([("recon", 150), ("kl", 1), ("elbo", 3)])
     ]
-    figure = plots.latent_grid_figure(panels, labels, [str(i) for i in range(10)])
+    figure = side_by_side.latent_grid_figure(panels, labels, [str(i) for i in range(10)])
     axes = [axis for axis in figure.axes if axis.get_visible() and axis.get_title()]
     assert len({axis.get_xlim() for axis in axes}) == 1 and axes[0].get_xlim() == axes[0].get_ylim()
     assert all(
@@ -153,7 +153,7 @@ def test_latent_panels_share_equal_axes_with_the_prior_circles_by_default():
     assert sorted({c.get_radius() for c in circles}) == [1, 2] and len(circles) == 6
     assert "shared axes" in figure._suptitle.get_text()
     assert plots.overlapping_texts(figure) == []
-    own = plots.latent_grid_figure(panels, labels, [str(i) for i in range(10)], shared=False)
+    own = side_by_side.latent_grid_figure(panels, labels, [str(i) for i in range(10)], shared=False)
     own_axes = [axis for axis in own.axes if axis.get_title()]
     assert len({axis.get_xlim() for axis in own_axes}) == 3 and "its own axes" in own._suptitle.get_text()
     assert plots.overlapping_texts(own) == []
@@ -173,14 +173,14 @@ def test_the_overlap_check_finds_titles_drawn_over_each_other():
 
 def test_sample_and_aggregate_posterior_grids_read_cleanly():
     panels = [Panel(r, 0, f"model={m}", torch.rand(100, 1, 28, 28)) for r, m in enumerate(["ae", "vae"])]
-    assert plots.overlapping_texts(plots.sample_grid_figure(panels)) == []
+    assert plots.overlapping_texts(side_by_side.sample_grid_figure(panels)) == []
     maps = [
         Panel(
             0, c, f"loss={name}", aggregate_posterior_map(torch.randn(400, 2) * s, torch.full((400, 2), -1.0))
         )
         for c, (name, s) in enumerate([("kl", 0.01), ("elbo", 1.0)])
     ]
-    assert plots.overlapping_texts(plots.density_grid_figure(maps)) == []
+    assert plots.overlapping_texts(side_by_side.density_grid_figure(maps)) == []
 
 
 def test_the_aggregate_posterior_map_finds_no_holes_where_q_is_the_prior_and_all_where_it_is_far():

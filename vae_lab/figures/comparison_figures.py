@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 
 from vae_lab.errors import VaeLabError
 from vae_lab.evaluation import inference, latent_holes, metrics
-from vae_lab.figures import plots
-from vae_lab.figures.plots import Panel
+from vae_lab.figures import plots, side_by_side
 from vae_lab.figures.run_figures import RunFigureTensors, figure_tensors
+from vae_lab.figures.side_by_side import Panel
 from vae_lab.labels import grid, label
 from vae_lab.models import reparameterise
 from vae_lab.rate_distortion import BETA_KEYS
@@ -124,13 +124,13 @@ def _draw_panels(loaded: dict, fixed: dict[str, str], out: Path, own_axes: bool)
     what = "test codes: one draw z ~ q(z|x) per test image (VAE), the code (autoencoder); z1, z2" + note
     written = [
         plots.save_figure(
-            plots.latent_grid_figure(
+            side_by_side.latent_grid_figure(
                 panels(lambda t: t.latent_points), labels, class_names, not own_axes, what
             ),
             out / "latent_comparison.png",
         ),
         plots.save_figure(
-            plots.sample_grid_figure(
+            side_by_side.sample_grid_figure(
                 panels(lambda t: t.figures.samples.cpu()), f"{SAMPLES} decoded draws from N(0, I){note}"
             ),
             out / "samples_comparison.png",
@@ -143,19 +143,22 @@ def _draw_panels(loaded: dict, fixed: dict[str, str], out: Path, own_axes: bool)
         *((title, t.figures.reconstructions.cpu()) for title, t, _ in ordered),
     ]
     written.append(
-        plots.plot_image_rows(rows, out / "reconstructions_comparison.png", "reconstructions of test images")
+        side_by_side.plot_image_rows(
+            rows, out / "reconstructions_comparison.png", "reconstructions of test images"
+        )
     )
     densities = panels(lambda t: t.density)
     if densities:
         written.append(
-            plots.save_figure(plots.density_grid_figure(densities), out / "aggregate_posterior.png")
+            plots.save_figure(side_by_side.density_grid_figure(densities), out / "aggregate_posterior.png")
         )
     manifolds = [
         (title, t.figures.manifold.cpu()) for title, t, _ in ordered if t.figures.manifold is not None
     ]
     if manifolds:
         values = next(t.figures.manifold_values for _, t, _ in ordered if t.figures.manifold is not None)
-        written.append(plots.plot_manifold_comparison(manifolds, values, out / "manifold_comparison.png"))
+        path = out / "manifold_comparison.png"
+        written.append(side_by_side.plot_manifold_comparison(manifolds, values, path))
     return written
 
 
@@ -169,7 +172,7 @@ def _draw_curves(rows, keys: list[str], out: Path) -> list[Path]:
         for row in rows
         if (ms := read_metrics(row.path))
     ]
-    return [plots.plot_curves(curves, out / "curves.png")] if curves else []
+    return [side_by_side.plot_curves(curves, out / "curves.png")] if curves else []
 
 
 def _as_number(text: str) -> float | None:
@@ -202,7 +205,7 @@ def draw_evidence_against_keys(completed, keys: list[str], out: Path) -> list[Pa
                     name: _mean_and_sd(points) for name, points in by_line.items()
                 }
         if lines:
-            written.append(plots.plot_metric_against_key(key, lines, out / f"metrics_vs_{key}.png"))
+            written.append(side_by_side.plot_metric_against_key(key, lines, out / f"metrics_vs_{key}.png"))
     return written
 
 
