@@ -212,7 +212,7 @@ def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_pat
 
 
 def test_the_bench_profiles_the_default_path_by_operator_beside_the_unprofiled_step(fake_mnist_root):
-    from vae_lab.bench import profile_default_path
+    from vae_lab.speed.measure import profile_default_path
 
     table = profile_default_path(str(fake_mnist_root), "cpu", steps=2, batch_size=8)
     header = table.splitlines()[0]

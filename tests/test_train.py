@@ -221,7 +221,7 @@ def test_an_epoch_off_a_terminal_logs_a_line_at_each_quarter(progress, fake_mnis
     import logging
     import re
 
-    from vae_lab.bench import compose_config
+    from vae_lab.speed.measure import compose_config
     from vae_lab.training.build import build
     from vae_lab.training.loop import TrainStep, train_epoch
 
