@@ -22,7 +22,7 @@ def all_jobs_at_once(jobs: int) -> list[str]:
     """Give back the launcher overrides that run a study's jobs at once where that is faster, when the
     joblib plugin is installed: on a CPU all of them, one thread each (docs/sweeps.md, Launchers); on a
     machine with several GPUs as many as there are GPUs, each job on its own (round robin,
-    config.resolve_device); on one GPU, none (the jobs run one after another). Jobs run at once would
+    devices.resolve_device); on one GPU, none (the jobs run one after another). Jobs run at once would
     share one terminal line with their progress bars, so each logs a line per quarter epoch instead
     (`trainer.progress=true` on the command line brings the bars back)."""
     if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:

@@ -22,9 +22,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from vae_lab.config import upgrade_legacy_model
 from vae_lab.errors import VaeLabError
 from vae_lab.evaluation.inference import evaluate_loss
+from vae_lab.legacy_configs import upgrade_legacy_model
 from vae_lab.pretrained import CONFIG, FOLDER, RECORD, SUMMARY, WEIGHTS
 from vae_lab.runs import load_run
 

@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 
 from tests.conftest import REPO, python, write_fake_mnist
-from vae_lab.config import check_config, register_schemas, resolve_device
+from vae_lab.config import check_config, register_schemas
+from vae_lab.devices import resolve_device
 from vae_lab.errors import ConfigError
 from vae_lab.training.build import build
 

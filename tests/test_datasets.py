@@ -21,13 +21,14 @@ from tests.conftest import (
     write_fake_fashion_mnist,
     write_image_folder,
 )
-from vae_lab.config import check_config, upgrade_legacy_loss, upgrade_legacy_overrides
+from vae_lab.config import check_config
 from vae_lab.data import celeba as celeba_module
 from vae_lab.data import decoding, load_celeba, load_fashion_mnist, load_image_folder
 from vae_lab.data import image_folder as image_folder_module
 from vae_lab.errors import ConfigError, DataError
 from vae_lab.evaluate import evaluate_folder
 from vae_lab.figures import plots
+from vae_lab.legacy_configs import upgrade_legacy_loss, upgrade_legacy_overrides
 from vae_lab.losses import ELBO, GaussianLikelihood, Reconstruction, gaussian_nats_per_image
 from vae_lab.models import ModelOutput
 from vae_lab.training.loggers import NoLogger, TensorBoardLogger, finite_numbers

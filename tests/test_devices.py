@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vae_lab.config import resolve_device
+from vae_lab.devices import resolve_device
 from vae_lab.errors import ConfigError
 from vae_lab.models import VAE, MLPDecoder, MLPEncoder
 from vae_lab.training.checkpoint import Checkpoint, cuda_rng_states

@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from vae_lab.config import resolve_device
+from vae_lab.devices import resolve_device
 from vae_lab.errors import VaeLabError
 from vae_lab.speed.cpu import cpu_features
 from vae_lab.speed.measure import (

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -387,99 +386,3 @@ def _checked_values(node: DictConfig, prefix: str):
             child = node._get_node(name)
             if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
                 yield from _checked_values(child, f"{key}.")
-
-
-def resolve_device(
-    name: str, job_number: Optional[int] = None, local_rank: Optional[int] = None
-) -> torch.device:
-    """Give back the torch device for `auto`, `cpu`, `cuda` or `cuda:N`.
-
-    A job of a sweep (job_number given) asking for `auto` or `cuda` on a machine with several GPUs
-    takes GPU job_number mod their count: the jobs that a launcher runs at once use every GPU, round
-    robin. A process of a data-parallel run (local_rank given) takes GPU local_rank. `cuda:N` is always
-    GPU N.
-    """
-    if name in ("auto", "cuda") and local_rank is not None and torch.cuda.is_available():
-        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
-    if name in ("auto", "cuda") and job_number is not None and torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        if count > 1:
-            return torch.device(f"cuda:{job_number % count}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name!r} was asked for, but torch sees no CUDA device: use device=cpu or auto."
-        )
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N.") from None
-
-
-# conf/loss/*.yaml before likelihoods were picked by _target_: `likelihood: gaussian` and
-# `gaussian_variance: V` beside the weights. Run folders and checkpoints written then are read through it.
-LEGACY_LIKELIHOODS = {
-    "bernoulli": lambda variance: {"_target_": "vae_lab.losses.BernoulliLikelihood"},
-    "gaussian": lambda variance: {"_target_": "vae_lab.losses.GaussianLikelihood", "variance": variance},
-}
-
-
-def upgrade_legacy_loss(loss: dict) -> dict:
-    """Give back a loss config of the first format (a likelihood's name) in today's (its _target_ node)."""
-    if not isinstance(loss.get("likelihood"), str):
-        return loss
-    upgraded = {key: value for key, value in loss.items() if key not in ("likelihood", "gaussian_variance")}
-    name, variance = loss["likelihood"], loss.get("gaussian_variance", 0.01)
-    if name not in LEGACY_LIKELIHOODS:
-        raise ConfigError(f"loss.likelihood={name!r} is not allowed: it must be one of bernoulli, gaussian.")
-    return upgraded | {"likelihood": LEGACY_LIKELIHOODS[name](variance)}
-
-
-# The speed options' keys before they had a config group of their own (conf/speed), by today's key
-LEGACY_SPEED_KEYS = {
-    "model.encoder.fast_dropout": "speed.fast_dropout",
-    "model.encoder.fused_blocks": "speed.fused_blocks",
-    "model.decoder.fast_transpose": "speed.fast_transpose",
-    "model.decoder.one_channel_kernel": "speed.one_channel_kernel",
-    "trainer.channels_last": "speed.channels_last",
-    "trainer.compile": "speed.compile",
-    "trainer.precision": "speed.precision",
-    "trainer.keep_freed_memory": "speed.keep_freed_memory",
-}
-
-
-def split_legacy_speed(model: dict) -> tuple[dict, dict]:
-    """Give back (a model config of a run written while the speed options sat in it, without them: the
-    plain model's config, which is what it describes; those options by today's names, {} if none)."""
-    upgraded, speed = dict(model), {}
-    for old, new in LEGACY_SPEED_KEYS.items():
-        if not old.startswith("model."):
-            continue  # the trainer's: never part of a model config
-        _, part, name = old.split(".")
-        if isinstance(upgraded.get(part), dict) and name in upgraded[part]:
-            speed[new.removeprefix("speed.")] = upgraded[part][name]
-            upgraded[part] = {key: value for key, value in upgraded[part].items() if key != name}
-    return upgraded, speed
-
-
-def upgrade_legacy_model(model: dict) -> dict:
-    """Give back a model config without the speed options it may hold (split_legacy_speed)."""
-    return split_legacy_speed(model)[0]
-
-
-def upgrade_legacy_overrides(arguments: list[str]) -> list[str]:
-    """Give back command-line overrides with earlier keys in today's spelling:
-    loss.likelihood=gaussian -> loss/likelihood=gaussian,
-    loss.gaussian_variance=V -> loss.likelihood.variance=V,
-    model.encoder.fused_blocks=false -> speed.fused_blocks=false (and the other speed options)."""
-    renamed = {
-        "loss.likelihood": "loss/likelihood",
-        "loss.gaussian_variance": "loss.likelihood.variance",
-        **LEGACY_SPEED_KEYS,
-    }
-    upgraded = []
-    for argument in arguments:
-        key, equals, value = argument.partition("=")
-        upgraded.append(f"{renamed[key]}={value}" if equals and key in renamed else argument)
-    return upgraded

@@ -16,11 +16,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from vae_lab.config import CONF_DIR, upgrade_legacy_loss
+from vae_lab.config import CONF_DIR
 from vae_lab.errors import ConfigError, RunFolderError, VaeLabError
 from vae_lab.evaluation.suite import evaluate_model
 from vae_lab.figures.run_figures import draw_run_figures
 from vae_lab.files import write_json
+from vae_lab.legacy_configs import upgrade_legacy_loss
 from vae_lab.runs import load_run
 from vae_lab.training.run_folder import SUMMARY_FILE, find_runs
 

@@ -8,8 +8,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lab.config import upgrade_legacy_model
 from vae_lab.errors import RunFolderError
+from vae_lab.legacy_configs import upgrade_legacy_model
 from vae_lab.training import checkpoint, early_stopping
 from vae_lab.training.run_folder import CHECKPOINT_FILE, CONFIG_FILE, read_metrics, read_summary
 

@@ -21,12 +21,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vae_lab.config import CONF_DIR, check_config, register_schemas, resolve_device, upgrade_legacy_overrides
+from vae_lab.config import CONF_DIR, check_config, register_schemas
+from vae_lab.devices import resolve_device
 from vae_lab.errors import VaeLabError
 from vae_lab.evaluation import inference
 from vae_lab.evaluation.suite import evaluate_model, one_line
 from vae_lab.figures.run_figures import draw_run_figures
 from vae_lab.files import unwritable, write_json
+from vae_lab.legacy_configs import upgrade_legacy_overrides
 from vae_lab.speed import SpeedOptions
 from vae_lab.speed.memory import hand_back_freed_memory
 from vae_lab.training import checkpoint as checkpoints
@@ -80,7 +82,7 @@ def run(
 ) -> Optional[dict[str, Any]]:
     """Train (from `checkpoint`, where given), evaluate and draw one run into run_dir; give back its
     summary (also written to summary.json). job_number: the run's number in its sweep, which picks its
-    GPU on a machine with several (config.resolve_device). ranks: this process's place in a run of
+    GPU on a machine with several (devices.resolve_device). ranks: this process's place in a run of
     several (vae_lab/training/distributed.py); all train, process 0 alone evaluates and writes, and
     the others give back None."""
     started = time.perf_counter()

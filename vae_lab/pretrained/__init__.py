@@ -19,8 +19,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from vae_lab.config import upgrade_legacy_model
 from vae_lab.errors import VaeLabError
+from vae_lab.legacy_configs import upgrade_legacy_model
 from vae_lab.runs import Run
 
 FOLDER = Path(__file__).resolve().parent

@@ -13,8 +13,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
-from vae_lab.config import CONF_DIR, register_schemas, resolve_device
+from vae_lab.config import CONF_DIR, register_schemas
 from vae_lab.data import ImageData, shuffled_batches
+from vae_lab.devices import resolve_device
 from vae_lab.training.build import build, instantiate_node
 from vae_lab.training.loop import TrainStep
 

@@ -13,9 +13,9 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lab.config import split_legacy_speed, upgrade_legacy_loss
 from vae_lab.errors import ConfigError, RunFolderError
 from vae_lab.files import write_atomically
+from vae_lab.legacy_configs import split_legacy_speed, upgrade_legacy_loss
 from vae_lab.speed.options import SpeedOptions, what_differs_means
 from vae_lab.training.run_folder import CHECKPOINT_FILE, CONFIG_FILE, flatten
 
