@@ -84,9 +84,9 @@ def run(
     summary (also written to summary.json). job_number: the run's number in its sweep, which picks its
     GPU on a machine with several (devices.resolve_device). ranks: this process's place in a run of
     several (vae_lab/training/distributed.py); all train, process 0 alone evaluates and writes, and
-    the others give back None."""
+    the others give back None. cfg is checked already (starting_point checks it once, before anything
+    is read or written)."""
     started = time.perf_counter()
-    check_config(cfg)
     set_threads(cfg.trainer.threads, max(parallel_jobs, ranks.local_world_size))
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device, job_number, ranks.local_rank if ranks.is_distributed else None)
