@@ -16,6 +16,7 @@ from vae_lab.config import check_config, register_schemas
 from vae_lab.devices import resolve_device
 from vae_lab.errors import ConfigError
 from vae_lab.training.build import build
+from vae_lab.training.launchers import key_and_value, require_writable_output
 
 CONF = REPO / "conf"
 GROUP_CHOICES = {
@@ -157,6 +158,16 @@ def test_bad_input_on_the_command_line_gives_one_message_and_no_traceback(tmp_pa
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     assert expected in result.stderr + result.stdout
+
+
+def test_a_quoted_run_folder_is_made_as_hydra_reads_it_without_its_quotes(tmp_path, monkeypatch):
+    """Processes 1..N-1 of a torchrun run get hydra.run.dir='...' quoted; so may a folder with spaces."""
+    monkeypatch.chdir(tmp_path)
+    require_writable_output([f"hydra.run.dir='{tmp_path}/a run/it\\'s'", "model=vae"])
+    assert (tmp_path / "a run" / "it's").is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["a run"]  # no folder named after the quote
+    assert key_and_value("hydra.sweep.dir=/tmp/a:b@c") == ("hydra.sweep.dir", "/tmp/a:b@c")
+    assert key_and_value("trainer.epochs=[1,2") == ("trainer.epochs", "[1,2")  # Hydra will say what is wrong
 
 
 def test_a_run_folder_that_cannot_be_made_is_said_in_one_line(tmp_path):

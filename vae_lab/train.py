@@ -51,6 +51,7 @@ from vae_lab.training.distributed import (
     share_run_dir,
     start_process_group,
     synchronise_batchnorm,
+    wait_for_the_others_to_finish,
 )
 from vae_lab.training.launchers import (
     LAUNCHER_PID,
@@ -251,6 +252,7 @@ def train_app(cfg: DictConfig) -> Optional[float]:
         with StopSignals(launcher) as stop:
             job_number = hydra_cfg.job.num if in_sweep else None
             summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop, job_number, ranks)
+            wait_for_the_others_to_finish(ranks)
             late_stop = (stop.signum, stop.name) if stop.requested else None  # during evaluation
     except BaseException as error:
         handle_failure(error, run_dir, in_sweep, ranks)

@@ -124,6 +124,18 @@ def start_process_group(ranks: Ranks) -> None:
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
 
 
+def wait_for_the_others_to_finish(ranks: Ranks, timeout: timedelta = timedelta(hours=12)) -> None:
+    """Every process of a finished run meets here before the process group ends: gloo aborts a process
+    that tears its connections down while another still holds them (process 0 evaluates after training).
+    On gloo the wait lasts up to `timeout`, which covers any evaluation; NCCL's lasts the group's 30 min."""
+    if not ranks.is_distributed:
+        return
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+    else:
+        dist.barrier()
+
+
 def end_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -96,7 +96,7 @@ def require_writable_output(arguments: list[str]) -> None:
     """
     given = [
         Path(value)
-        for key, _, value in (argument.partition("=") for argument in arguments)
+        for key, value in (key_and_value(argument) for argument in arguments)
         if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value
     ]
     folder = given[-1] if given else Path("outputs")
@@ -137,3 +137,18 @@ def parallel_jobs(hydra_cfg) -> int:
         return 1
     cores = os.cpu_count() or 1
     return max(1, cores + 1 + n_jobs if n_jobs < 0 else min(n_jobs, cores))  # joblib: -1 is every core
+
+
+def key_and_value(argument: str) -> tuple[str, str]:
+    """An override's key and its value as Hydra reads it: hydra.run.dir='/a b/c' gives /a b/c, unquoted.
+    What Hydra's grammar does not parse keeps its text after the first "=", and Hydra says what is wrong."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    key, _, value = argument.partition("=")
+    try:
+        parsed = OverridesParser.create().parse_override(argument)
+    except HydraException:
+        return key, value
+    parsed_value = parsed.value()
+    return parsed.key_or_group, parsed_value if isinstance(parsed_value, str) else value
