@@ -2,12 +2,19 @@
 folder, an image folder of PNGs), written by the tests themselves; the C kernels' build as on a new
 machine."""
 
+import os
 import shutil
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# each of pytest-xdist's workers, and every command it starts, takes its share of the cores: torch's
+# default (all of them in each) makes the workers' threads wait on each other
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    CORES_PER_WORKER = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(CORES_PER_WORKER))
 
 import numpy as np
 import pytest
@@ -29,6 +36,27 @@ def compose_run(*overrides: str):
         cfg = compose(config_name="config", overrides=list(overrides))
     check_config(cfg)
     return cfg
+
+
+def run_in_process(run_dir: Path, *overrides: str, resume: bool = False):
+    """What `python -m vae_lab.train <overrides> hydra.run.dir=<run_dir>` does, in this process (where a
+    test's monkeypatch reaches): the config checked and read once, the folder's checkpoint gone on from
+    where resume is set; give back the run's summary."""
+    from vae_lab.settings import read_settings
+    from vae_lab.train import run
+    from vae_lab.training.checkpoint import resume_point
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = read_settings(compose_run(*overrides), run_dir)
+    checkpoint = resume_point(run_dir, settings.resume_key, settings.speed, resume, must_exist=resume)
+    return run(settings, run_dir, checkpoint=checkpoint)
+
+
+def build_run(cfg, device: str = "cpu"):
+    """The (model, loss, optimizer) that `python -m vae_lab.train` builds of a composed config."""
+    from vae_lab.training.build import build
+
+    return build(cfg.model, cfg.loss, cfg.optimizer, torch.device(device))
 
 
 def write_idx_images(path: Path, images: np.ndarray) -> None:

@@ -10,13 +10,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import REPO, trust_fake_celeba, write_fake_celeba
+from tests.conftest import REPO, build_run, trust_fake_celeba, write_fake_celeba
 from vae_lab.config import CONF_DIR, register_schemas
 from vae_lab.data import load_celeba, to_float
 from vae_lab.errors import DataError
 from vae_lab.evaluation import inference
 from vae_lab.losses import BernoulliLikelihood
-from vae_lab.training.build import build
 from vae_lab.training.loop import TrainStep
 
 SHARED_CELEBA = REPO.parent / "shared" / "data" / "celeba"
@@ -138,7 +137,7 @@ def test_a_few_steps_on_real_faces_lower_the_loss(tmp_path):
     assert 0.2 < data.train_labels.double().mean() < 0.8  # Smiling: about half of the faces
     torch.manual_seed(0)
     cfg = face_config("model.latent_dim=32")
-    step = TrainStep.sped_up(*build(cfg, torch.device("cpu")), cfg.speed)
+    step = TrainStep.sped_up(*build_run(cfg), cfg.speed)
     step.train()
     images = to_float(data.train_images)
     losses = [step(images[i * 32 % 256 : i * 32 % 256 + 32]).total.item() for i in range(24)]
@@ -162,7 +161,7 @@ def test_a_face_run_draws_the_attribute_shift_of_its_faces_without_the_attribute
     # 4 of the 8 fake test faces lack Smiling: 4 rows of 7 strengths, each 64 pixels, in a wider figure
     assert shift.shape[1] > shift.shape[0] > 0
     vector_faces = len(inference.ATTRIBUTE_STRENGTHS) * 4
-    model, _, _ = build(face_config("model.latent_dim=4"), torch.device("cpu"))
+    model, _, _ = build_run(face_config("model.latent_dim=4"))
     faces = torch.zeros(4, 3, 64, 64, dtype=torch.uint8)
     images = inference.attribute_shifts(model, faces, torch.zeros(model.latent_dim))
     assert images.shape == (vector_faces, 3, 64, 64)

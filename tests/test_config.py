@@ -11,11 +11,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 
-from tests.conftest import REPO, python, write_fake_mnist
+from tests.conftest import REPO, build_run, python, write_fake_mnist
 from vae_lab.config import check_config, register_schemas
 from vae_lab.devices import resolve_device
 from vae_lab.errors import ConfigError
-from vae_lab.training.build import build
 from vae_lab.training.launchers import key_and_value, require_writable_output
 
 CONF = REPO / "conf"
@@ -51,7 +50,7 @@ def test_every_choice_composes_and_passes_the_checks(group, choice):
 @pytest.mark.parametrize("model", ["ae", "vae", "mlp_ae", "mlp_vae"])
 def test_latent_dim_override_reaches_the_model(model):
     cfg = compose_config(f"model={model}", "model.latent_dim=5", "loss=recon")
-    built, _, _ = build(cfg, resolve_device("cpu"))
+    built, _, _ = build_run(cfg)
     assert built.latent_dim == 5
     assert built(torch.rand(2, 1, 28, 28)).code.shape == (2, 5)
 
@@ -119,14 +118,14 @@ def test_out_of_range_values_name_key_value_and_what_is_allowed(override, key):
 def test_a_kl_term_on_a_deterministic_autoencoder_is_a_config_error():
     cfg = compose_config("model=ae", "loss=elbo")
     with pytest.raises(ConfigError, match="deterministic autoencoder"):
-        build(cfg, resolve_device("cpu"))
+        build_run(cfg)
 
 
 def test_another_optimizer_is_one_override_and_a_given_eps_reaches_adam():
-    _, _, sgd = build(compose_config("optimizer._target_=torch.optim.SGD"), resolve_device("cpu"))
+    _, _, sgd = build_run(compose_config("optimizer._target_=torch.optim.SGD"))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["lr"] == 1e-3
-    _, _, default = build(compose_config(), resolve_device("cpu"))
-    _, _, given = build(compose_config("optimizer.eps=1e-4"), resolve_device("cpu"))
+    _, _, default = build_run(compose_config())
+    _, _, given = build_run(compose_config("optimizer.eps=1e-4"))
     assert (default.defaults["eps"], given.defaults["eps"]) == (1e-8, 1e-4)
 
 

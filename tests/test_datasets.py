@@ -16,6 +16,7 @@ from tests.conftest import (
     CELEBA_ATTRIBUTES,
     FAST_EVALUATION,
     compose_run,
+    run_in_process,
     trust_fake_celeba,
     write_fake_celeba,
     write_fake_fashion_mnist,
@@ -276,10 +277,7 @@ TINY_RUN = [
 
 def train_in_process(run_dir: Path, *overrides: str) -> dict:
     """Train through vae_lab.train.run, in this process (so that a test's monkeypatch reaches the loader)."""
-    from vae_lab.train import run
-
-    run_dir.mkdir(parents=True)
-    summary = run(compose_run(*TINY_RUN, *overrides), run_dir)
+    summary = run_in_process(run_dir, *TINY_RUN, *overrides)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     for name in ("reconstructions.png", "latent_scatter.png", "samples.png", "interpolation.png"):
         assert (run_dir / name).is_file(), name

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import compose_run, write_fake_mnist
+from tests.conftest import compose_run, run_in_process, write_fake_mnist
 from vae_lab.data import load_mnist
 from vae_lab.data.images import hold_out
 from vae_lab.errors import ConfigError
@@ -155,9 +155,6 @@ def test_a_warmup_for_a_loss_with_no_kl_weight_is_refused_at_the_config_check():
 
 
 def warmup_run(root: Path, run_dir: Path, epochs: int, resume: bool = False) -> list[dict]:
-    from vae_lab.train import run
-    from vae_lab.training.checkpoint import resume_point
-
     overrides = [
         "model=mlp_vae",
         f"data.root={root}",
@@ -169,9 +166,7 @@ def warmup_run(root: Path, run_dir: Path, epochs: int, resume: bool = False) -> 
         "device=cpu",
         "evaluation.enabled=false",
     ] + ["trainer.resume=true"] * resume
-    cfg = compose_run(*overrides)
-    run_dir.mkdir(exist_ok=True)
-    run(cfg, run_dir, checkpoint=resume_point(cfg, run_dir, resume=resume, must_exist=resume))
+    run_in_process(run_dir, *overrides, resume=resume)
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -210,7 +205,6 @@ def test_a_tiny_run_stops_early_keeps_its_best_epoch_and_estimates_with_the_conf
     tmp_path, monkeypatch
 ):
     from vae_lab.evaluation import inference
-    from vae_lab.train import run
 
     root = write_fake_mnist(tmp_path / "data", train_count=96, test_count=30)
     asked = []
@@ -245,10 +239,8 @@ def test_a_tiny_run_stops_early_keeps_its_best_epoch_and_estimates_with_the_conf
         "evaluation.knn_train_images=64",
         "evaluation.classifier.epochs=1",
     ]
-    cfg = compose_run(*overrides)
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    summary = run(cfg, run_dir)
+    summary = run_in_process(run_dir, *overrides)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     best = progress_of(history)
     assert len(history) == 3 and best.best_epoch == 2  # stopped by patience, not by trainer.epochs
@@ -261,9 +253,8 @@ def test_a_tiny_run_stops_early_keeps_its_best_epoch_and_estimates_with_the_conf
     assert iwae["nll_k7"] <= iwae["nll_k1"] + 1e-3
     assert Path(run_dir / BEST_FILE).is_file()
 
-    from vae_lab.training.checkpoint import resume_point
-
-    again = compose_run(*overrides, "trainer.resume=true", "evaluation.enabled=false")
-    resumed = run(again, run_dir, checkpoint=resume_point(again, run_dir, resume=True, must_exist=True))
+    resumed = run_in_process(
+        run_dir, *overrides, "trainer.resume=true", "evaluation.enabled=false", resume=True
+    )
     assert resumed["epochs"] == 2 and resumed["test"] == summary["test"]  # stopped runs stay stopped
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3

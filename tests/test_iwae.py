@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import compose_run, write_fake_mnist
+from tests.conftest import compose_run, run_in_process, write_fake_mnist
 from vae_lab.errors import ConfigError
 from vae_lab.losses import ELBO, ImportanceWeighted, gaussian_log_density, loss_parts
 from vae_lab.models import VAE, MLPDecoder, MLPEncoder
@@ -109,9 +109,6 @@ def test_the_staged_rate_follows_burdas_schedule_from_the_epoch_alone():
 
 
 def test_a_tiny_burda_run_trains_at_the_staged_rates_and_resumes_at_them(tmp_path):
-    from vae_lab.train import run
-    from vae_lab.training.checkpoint import resume_point
-
     root = write_fake_mnist(tmp_path / "data", train_count=40, test_count=10)
 
     def burda(run_dir, epochs, resume=False):
@@ -128,9 +125,7 @@ def test_a_tiny_burda_run_trains_at_the_staged_rates_and_resumes_at_them(tmp_pat
             "device=cpu",
             "evaluation.enabled=false",
         ] + ["trainer.resume=true"] * resume
-        cfg = compose_run(*overrides)
-        run_dir.mkdir(exist_ok=True)
-        run(cfg, run_dir, checkpoint=resume_point(cfg, run_dir, resume=resume, must_exist=resume))
+        run_in_process(run_dir, *overrides, resume=resume)
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
     history = burda(tmp_path / "straight", epochs=4)

@@ -7,10 +7,8 @@ import os
 import pytest
 import torch
 
-from tests.conftest import FAST_EVALUATION
+from tests.conftest import FAST_EVALUATION, build_run, run_in_process
 from tests.test_datasets import compose_run
-from vae_lab.training.build import build
-from vae_lab.training.checkpoint import resume_point
 from vae_lab.training.loop import TrainStep
 
 DEVICE = os.environ.get("VAE_LAB_TEST_DEVICE", "cpu")
@@ -32,16 +30,13 @@ TINY = [
 
 
 def test_a_run_trains_evaluates_and_resumes_on_the_device(fake_mnist_root, tmp_path):
-    from vae_lab.train import run
-
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    summary = run(compose_run(*TINY, f"data.root={fake_mnist_root}", "evaluation.enabled=false"), run_dir)
+    summary = run_in_process(run_dir, *TINY, f"data.root={fake_mnist_root}", "evaluation.enabled=false")
     assert summary["status"] == "completed" and summary["device"].startswith(DEVICE.split(":")[0])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and all(torch.isfinite(torch.tensor(r["test"]["total"])) for r in records)
-    longer = compose_run(*TINY, f"data.root={fake_mnist_root}", "trainer.epochs=2", "trainer.resume=true")
-    resumed = run(longer, run_dir, checkpoint=resume_point(longer, run_dir, resume=True, must_exist=True))
+    longer = [*TINY, f"data.root={fake_mnist_root}", "trainer.epochs=2", "trainer.resume=true"]
+    resumed = run_in_process(run_dir, *longer, resume=True)
     assert resumed["status"] == "completed" and resumed["epochs"] == 2 and resumed["resumed_after_epoch"] == 1
     assert resumed["metrics"]["prior_samples"]["coverage"] is not None  # the evaluation, on the device
 
@@ -50,7 +45,7 @@ def test_a_run_trains_evaluates_and_resumes_on_the_device(fake_mnist_root, tmp_p
 def test_a_train_step_on_the_device_gives_finite_losses_that_fall(precision):
     torch.manual_seed(0)
     cfg = compose_run(f"device={DEVICE}", "model.latent_dim=8", f"speed.precision={precision}")
-    step = TrainStep.sped_up(*build(cfg, torch.device(DEVICE)), cfg.speed)
+    step = TrainStep.sped_up(*build_run(cfg, DEVICE), cfg.speed)
     step.train()
     images = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.7).float()
     losses = [step(images.to(DEVICE)).total.item() for _ in range(8)]
@@ -60,7 +55,7 @@ def test_a_train_step_on_the_device_gives_finite_losses_that_fall(precision):
 def test_prior_samples_of_a_seed_are_the_same_on_the_device_as_on_the_cpu():
     cfg = compose_run("model.latent_dim=8")
     torch.manual_seed(0)
-    model, _, _ = build(cfg, torch.device("cpu"))
+    model, _, _ = build_run(cfg)
     model.eval()
     on_cpu = model.sample(16, torch.Generator().manual_seed(3))
     on_device = model.to(DEVICE).sample(16, torch.Generator().manual_seed(3)).cpu()

@@ -7,14 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.conftest import REPO, compose_run, python
+from tests.conftest import REPO, build_run, compose_run, python
 from vae_lab.compare import RunRow
 from vae_lab.errors import ConfigError
 from vae_lab.figures import rate_distortion as figures
 from vae_lab.rate_distortion import beta_of, points, table
-from vae_lab.training.build import build
 
 
 def test_a_runs_beta_is_its_kl_weight_over_its_reconstruction_weight():
@@ -100,7 +98,7 @@ def test_a_beta_that_makes_no_sense_is_refused_before_training_in_one_line(beta)
 def test_a_kl_weight_for_a_model_without_a_posterior_is_refused_before_training():
     cfg = compose_run("model=ae", "loss=elbo", "loss.kl_weight=0.5")
     with pytest.raises(ConfigError, match=r"needs an encoder distribution.*deterministic autoencoder"):
-        build(cfg, torch.device("cpu"))
+        build_run(cfg)
 
 
 def test_the_script_sweeps_three_betas_and_kl_only_and_draws_the_plane(tmp_path, fake_mnist_root):

@@ -170,9 +170,9 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
     is compared with inductor's fallback_random, which draws the reparameterisation noise as eager does."""
     from hydra import compose, initialize_config_dir
 
+    from tests.conftest import build_run
     from vae_lab.config import register_schemas
     from vae_lab.train import CONF_DIR
-    from vae_lab.training.build import build
     from vae_lab.training.loop import TrainStep, train_epoch
 
     def losses(*overrides):
@@ -180,7 +180,7 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=[f"data.root={fake_mnist_root}", *overrides])
         torch.manual_seed(0)
-        step = TrainStep.sped_up(*build(cfg, torch.device("cpu")), cfg.speed)
+        step = TrainStep.sped_up(*build_run(cfg), cfg.speed)
         data = load_mnist(str(fake_mnist_root), download=False)
         generator = torch.Generator().manual_seed(0)
         return [train_epoch(step, data, 32, generator)["total"] for _ in range(2)]
@@ -221,12 +221,12 @@ def test_an_epoch_off_a_terminal_logs_a_line_at_each_quarter(progress, fake_mnis
     import logging
     import re
 
+    from tests.conftest import build_run
     from vae_lab.speed.measure import compose_config
-    from vae_lab.training.build import build
     from vae_lab.training.loop import TrainStep, train_epoch
 
     cfg = compose_config([f"data.root={fake_mnist_root}"])
-    step = TrainStep.sped_up(*build(cfg, torch.device("cpu")), cfg.speed)
+    step = TrainStep.sped_up(*build_run(cfg), cfg.speed)
     data = load_mnist(str(fake_mnist_root), download=False)  # 256 images: 8 batches of 32
     with caplog.at_level(logging.INFO, logger="vae_lab"):
         train_epoch(step, data, 32, torch.Generator().manual_seed(0), progress=progress, desc="epoch 2/3")

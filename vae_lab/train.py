@@ -29,7 +29,7 @@ from vae_lab.evaluation.suite import evaluate_model, one_line
 from vae_lab.figures.run_figures import draw_run_figures
 from vae_lab.files import unwritable, write_json
 from vae_lab.legacy_configs import upgrade_legacy_overrides
-from vae_lab.speed import SpeedOptions
+from vae_lab.settings import RunSettings, read_settings
 from vae_lab.speed.memory import hand_back_freed_memory
 from vae_lab.training import checkpoint as checkpoints
 from vae_lab.training.build import build, build_data, check_model_fits_data, instantiate_node
@@ -63,8 +63,7 @@ from vae_lab.training.launchers import (
     require_writable_output,
 )
 from vae_lab.training.loggers import NoLogger, run_context
-from vae_lab.training.loop import FitSettings, TrainingDiverged, TrainStep, fit, format_parts
-from vae_lab.training.lr_stages import LrStages
+from vae_lab.training.loop import TrainingDiverged, TrainStep, fit, format_parts
 from vae_lab.training.run_folder import CHECKPOINT_FILE, SUMMARY_FILE, flatten, is_finite_number, read_summary
 from vae_lab.training.stopping import RunInterrupted, StopSignals, watch_launcher
 
@@ -73,7 +72,7 @@ register_schemas()
 
 
 def run(
-    cfg: DictConfig,
+    settings: RunSettings,
     run_dir: Path,
     parallel_jobs: int = 1,
     checkpoint: Optional[Checkpoint] = None,
@@ -85,35 +84,37 @@ def run(
     summary (also written to summary.json). job_number: the run's number in its sweep, which picks its
     GPU on a machine with several (devices.resolve_device). ranks: this process's place in a run of
     several (vae_lab/training/distributed.py); all train, process 0 alone evaluates and writes, and
-    the others give back None. cfg is checked already (starting_point checks it once, before anything
-    is read or written)."""
+    the others give back None. settings: read_settings of the config that starting_point checked, once,
+    before anything was read or written."""
     started = time.perf_counter()
-    set_threads(cfg.trainer.threads, max(parallel_jobs, ranks.local_world_size))
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device, job_number, ranks.local_rank if ranks.is_distributed else None)
-    check_data_parallel_run(ranks, cfg.trainer.batch_size, cfg.device, device)
-    model, loss, optimizer = build(cfg, device)  # the plain model of conf/model
-    if ranks.is_distributed and cfg.trainer.sync_batchnorm:
+    set_threads(settings.threads, max(parallel_jobs, ranks.local_world_size))
+    torch.manual_seed(settings.seed)
+    device = resolve_device(settings.device, job_number, ranks.local_rank if ranks.is_distributed else None)
+    check_data_parallel_run(ranks, settings.batch_size, settings.device, device)
+    parts = settings.parts
+    model, loss, optimizer = build(parts.model, parts.loss, parts.optimizer, device)  # the plain model
+    if ranks.is_distributed and settings.sync_batchnorm:
         model = synchronise_batchnorm(model, device)  # before the speed transform: no fused BatchNorm
-    data = build_data(cfg, device)
+    data = build_data(parts.data, device)
     check_model_fits_data(model, data.test_images)
-    check_last_batch(ranks, cfg.trainer.batch_size, len(data.train_images))
-    step = TrainStep.sped_up(model, loss, optimizer, cfg.speed, ranks)  # its faster layers: vae_lab/speed
+    check_last_batch(ranks, settings.batch_size, len(data.train_images))
+    step = TrainStep.sped_up(model, loss, optimizer, settings.speed, ranks)  # faster layers: vae_lab/speed
     log.info(
         f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters), "
         f"{loss!r}, {len(data.train_images):,} training images, device {device}"
         + (f", {ranks.world_size} processes" if ranks.is_distributed else "")
     )
     # the trackers, besides the run folder's own files: process 0's
-    logger = instantiate_node(cfg.logger, "logger", run_dir=run_dir) if ranks.is_main else NoLogger()
+    logger = instantiate_node(parts.logger, "logger", run_dir=run_dir) if ranks.is_main else NoLogger()
     try:
-        logger.start(run_context(cfg, run_dir))
-        last = fit(step, data, fit_settings(cfg, run_dir), run_dir, checkpoint, stop, logger)
+        logger.start(run_context(settings.config, run_dir))
+        last = fit(step, data, settings.fit, run_dir, checkpoint, stop, logger)
         if not ranks.is_main:
             return None  # process 0 evaluates the trained model once and writes the run's files
         hand_back_freed_memory()  # what training kept for its steps: not part of evaluation's peak
-        metrics, histograms = evaluate_run(cfg, model, data, loss, last, logger)
-        figures = draw_run_figures(model, data, run_dir, cfg.seed, cfg.evaluation.enabled, histograms)
+        metrics, histograms = evaluate_run(settings, model, data, loss, last, logger)
+        evaluated = settings.evaluation.enabled
+        figures = draw_run_figures(model, data, run_dir, settings.seed, evaluated, histograms)
         logger.log_figures([run_dir / name for name in figures], step=last["epoch"])
         summary = {
             "status": "completed",
@@ -125,7 +126,7 @@ def run(
             "test_images": len(data.test_images),
             "device": str(device),
             "world_size": ranks.world_size,  # processes that trained the run together
-            "batch_per_process": cfg.trainer.batch_size // ranks.world_size,
+            "batch_per_process": settings.batch_size // ranks.world_size,
             "threads": torch.get_num_threads(),
             "wall_time_s": round(time.perf_counter() - started, 2),
             "peak_memory_mib": peak_memory_mib(),
@@ -140,19 +141,19 @@ def run(
     return summary
 
 
-def evaluate_run(cfg: DictConfig, model, data, loss, last: dict, logger):
+def evaluate_run(settings: RunSettings, model, data, loss, last: dict, logger):
     """Give back (the evaluation suite's metrics, the samples' class histograms), (None, None) where
     evaluation.enabled is false; hand the metrics and the test codes to the trackers."""
     metrics, histograms = None, None
-    if cfg.evaluation.enabled:
+    if settings.evaluation.enabled:
         log.info("evaluating on the test split (docs/metrics.md)")
         metrics, histograms = evaluate_model(
             model,
             data,
-            cfg.evaluation,
-            cfg.seed,
-            cfg.data.root,
-            cfg.trainer.progress,
+            settings.evaluation,
+            settings.seed,
+            settings.data_root,
+            settings.progress,
             last["test"],
             loss.likelihood,
         )
@@ -175,24 +176,6 @@ def set_threads(threads: Optional[int], parallel_jobs: int) -> None:
         threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
     if threads is not None:
         torch.set_num_threads(threads)
-
-
-def fit_settings(cfg: DictConfig, run_dir: Path) -> FitSettings:
-    """Give back what the loop reads of the config, and what each checkpoint records of the run."""
-    return FitSettings(
-        epochs=cfg.trainer.epochs,
-        batch_size=cfg.trainer.batch_size,
-        eval_batch_size=cfg.trainer.eval_batch_size,
-        seed=cfg.seed,
-        progress=cfg.trainer.progress,
-        resume_config=checkpoints.resume_key_config(cfg),
-        speed=SpeedOptions.of(cfg.speed).as_dict(),
-        hydra_files=checkpoints.read_hydra_files(run_dir),
-        early_stopping_patience=cfg.trainer.early_stopping.patience,
-        kl_warmup_epochs=cfg.trainer.kl_warmup_epochs,
-        lr_stages=LrStages.of(cfg.trainer.lr_stages.base, cfg.trainer.lr_stages.decay),
-        lr=cfg.optimizer.lr,
-    )
 
 
 def peak_memory_mib() -> Optional[int]:
@@ -236,22 +219,22 @@ def train_app(cfg: DictConfig) -> Optional[float]:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     ranks = join_data_parallel_run(run_dir)
     try:
-        checkpoint = starting_point(cfg, run_dir, in_sweep, ranks.is_main)
+        settings, checkpoint = starting_point(cfg, run_dir, in_sweep, ranks.is_main)
     except VaeLabError:
         return None  # a job of a sweep that was refused: the sweep goes on
     finished = read_summary(run_dir).get("status") == "completed"
-    if checkpoint and finished and checkpoint.epoch >= cfg.trainer.epochs:
+    if checkpoint and finished and checkpoint.epoch >= settings.epochs:
         if ranks.is_main:
             checkpoints.restore_hydra_files(run_dir, checkpoint.hydra_files)
         log.info(f"{run_dir} finished before ({checkpoint.epoch} epochs): left as it is")
-        return objective_value(cfg.objective, read_summary(run_dir))
+        return objective_value(settings.objective, read_summary(run_dir))
     launcher = watch_launcher() if in_worker_process() else None
     if launcher is not None:
         launcher.busy.set()
     try:
         with StopSignals(launcher) as stop:
             job_number = hydra_cfg.job.num if in_sweep else None
-            summary = run(cfg, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop, job_number, ranks)
+            summary = run(settings, run_dir, parallel_jobs(hydra_cfg), checkpoint, stop, job_number, ranks)
             wait_for_the_others_to_finish(ranks)
             late_stop = (stop.signum, stop.name) if stop.requested else None  # during evaluation
     except BaseException as error:
@@ -274,7 +257,7 @@ def train_app(cfg: DictConfig) -> Optional[float]:
             "Run the same command again to go on with the rest of the sweep."
         )
         raise SystemExit(128 + late_stop[0])
-    return objective_value(cfg.objective, summary)
+    return objective_value(settings.objective, summary)
 
 
 def join_data_parallel_run(run_dir: Path) -> Ranks:
@@ -292,16 +275,19 @@ def join_data_parallel_run(run_dir: Path) -> Ranks:
 
 def starting_point(
     cfg: DictConfig, run_dir: Path, in_sweep: bool, writes: bool = True
-) -> Optional[Checkpoint]:
-    """Give back the checkpoint the job goes on from (None: from scratch), after the checks, which touch
-    nothing. A refused single run exits with status 1; a refused job of a sweep raises its VaeLabError.
+) -> tuple[RunSettings, Optional[Checkpoint]]:
+    """Give back the run's settings (read once, here) and the checkpoint the job goes on from (None: from
+    scratch), after the checks, which touch nothing. A refused single run exits with status 1; a refused
+    job of a sweep raises its VaeLabError.
     writes=False (processes 1..N-1 of a data-parallel run): process 0 keeps the folder's record."""
     held_a_run = (run_dir / CHECKPOINT_FILE).exists()
     try:
         check_config(cfg)
+        settings = read_settings(cfg, run_dir)
         resume = cfg.trainer.resume or in_sweep  # a sweep's job goes on from its folder: how sweeps restart
         must_exist = cfg.trainer.resume and not in_sweep
-        return checkpoints.resume_point(cfg, run_dir, resume, must_exist)
+        key, speed = settings.resume_key, settings.speed
+        return settings, checkpoints.resume_point(run_dir, key, speed, resume, must_exist)
     except VaeLabError as error:
         if not writes:
             pass

@@ -33,7 +33,7 @@ class LabTrainer:
 
     def __init__(self, overrides: list[str], data: ImageData, batch_size: int, device: torch.device):
         cfg = compose_config([*overrides, f"trainer.batch_size={batch_size}"])
-        self.step = TrainStep.sped_up(*build(cfg, device), cfg.speed)
+        self.step = TrainStep.sped_up(*build(cfg.model, cfg.loss, cfg.optimizer, device), cfg.speed)
         self.data, self.batch_size = data, batch_size
         self.generator = torch.Generator().manual_seed(0)
         self.batches = iter(())
@@ -126,7 +126,7 @@ def startup_probe(data_root: str, device: str) -> None:
     """What a training run does before its first step: compose, build, load the data, step once."""
     cfg = compose_config([f"data.root={data_root}", f"device={device}"])
     device = resolve_device(cfg.device)
-    step = TrainStep.sped_up(*build(cfg, device), cfg.speed)
+    step = TrainStep.sped_up(*build(cfg.model, cfg.loss, cfg.optimizer, device), cfg.speed)
     data = instantiate(cfg.data).to(device)
     indices = next(
         shuffled_batches(len(data.train_images), cfg.trainer.batch_size, torch.Generator(), device)

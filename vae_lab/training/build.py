@@ -26,10 +26,11 @@ def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
         ) from error
 
 
-def build(cfg: DictConfig, device: torch.device):
-    """Give back (model, loss, optimizer) built from their configs, after checking they fit together."""
-    model = instantiate_node(cfg.model, "model").to(device)
-    loss = instantiate_node(cfg.loss, "loss")
+def build(model_node: DictConfig, loss_node: DictConfig, optimizer_node: DictConfig, device: torch.device):
+    """Give back (model, loss, optimizer) built from their configs (conf/model, conf/loss, conf/optimizer),
+    after checking they fit together."""
+    model = instantiate_node(model_node, "model").to(device)
+    loss = instantiate_node(loss_node, "loss")
     if loss.requires_posterior and not model.is_variational:
         raise ConfigError(
             f"loss {type(loss).__name__} has a KL term, which needs an encoder distribution, but "
@@ -38,14 +39,14 @@ def build(cfg: DictConfig, device: torch.device):
         )
     # a key set to null is left out, so the constructor's own default applies (optimizer.eps=null
     # with optimizer._target_=torch.optim.SGD, which takes no eps)
-    given = OmegaConf.create({key: value for key, value in cfg.optimizer.items() if value is not None})
+    given = OmegaConf.create({key: value for key, value in optimizer_node.items() if value is not None})
     optimizer = instantiate_node(given, "optimizer", params=model.parameters())
     return model, loss, optimizer
 
 
-def build_data(cfg: DictConfig, device: torch.device):
-    """Give back the data set of cfg.data, on the device."""
-    return instantiate_node(cfg.data, "data").to(device)
+def build_data(data_node: DictConfig, device: torch.device):
+    """Give back the data set of its config (conf/data), on the device."""
+    return instantiate_node(data_node, "data").to(device)
 
 
 def check_model_fits_data(model, images: torch.Tensor) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from vae_lab.errors import ConfigError, RunFolderError
 from vae_lab.files import write_atomically
@@ -48,7 +47,7 @@ class Checkpoint:
     torch_rng: torch.Tensor
     cuda_rng: list[torch.Tensor]  # one state per CUDA device; [] where torch saw none
     order_rng: torch.Tensor  # the generator that orders the training images
-    config: dict[str, Any]  # resume_key_config of the run: a resume must match it
+    config: dict[str, Any]  # resume_key of the run: a resume must match it
     hydra_files: dict[str, str]  # the run's .hydra/*.yaml, put back when a later command rewrites them
     position: Optional[EpochPosition] = None  # where in an unfinished epoch; None at an epoch's end
     speed: Optional[dict[str, Any]] = None  # the speed options it trained with (conf/speed): not in `config`
@@ -120,12 +119,12 @@ def from_state(state: Any, path: Path) -> Checkpoint:
     return Checkpoint(**kept)
 
 
-def resume_key_config(cfg: DictConfig) -> dict[str, Any]:
-    """Give back the parts of the config a run must keep to be resumed: what its numbers are of.
+def resume_key(kept: dict[str, Any]) -> dict[str, Any]:
+    """Give back the parts of a run's resolved config that it must keep to be resumed: what its numbers
+    are of.
 
     The speed options (conf/speed) are not among them: a resume with others goes on, and says how far
     its numbers then depart from an uninterrupted run's (`resume_point`)."""
-    kept = OmegaConf.to_container(cfg, resolve=True)
     data = {key: value for key, value in kept["data"].items() if key not in ("root", "download")}
     trainer = {"batch_size": kept["trainer"]["batch_size"]}
     # keys absent from older runs, kept only where set (their checkpoints then resume)
@@ -161,8 +160,11 @@ class FolderInUse(RunFolderError):
     """The run folder already holds a run that this command must not overwrite."""
 
 
-def resume_point(cfg: DictConfig, run_dir: Path, resume: bool, must_exist: bool) -> Optional[Checkpoint]:
-    """Give back the checkpoint to go on from, or None to start afresh; never start over a run."""
+def resume_point(
+    run_dir: Path, key: dict[str, Any], speed: SpeedOptions, resume: bool, must_exist: bool
+) -> Optional[Checkpoint]:
+    """Give back the checkpoint to go on from, or None to start afresh; never start over a run. key: the
+    run's `resume_key`, which the checkpoint's must match; speed: the options it goes on with."""
     if not (run_dir / CHECKPOINT_FILE).exists():
         if must_exist:
             raise ConfigError(
@@ -177,13 +179,13 @@ def resume_point(cfg: DictConfig, run_dir: Path, resume: bool, must_exist: bool)
             "trainer.resume=true to go on with it, or leave hydra.run.dir out to start a new run."
         )
     checkpoint = load(run_dir)
-    differences = config_differences(checkpoint.config, resume_key_config(cfg))
+    differences = config_differences(checkpoint.config, key)
     if differences:
         raise ConfigError(
             f"cannot resume {run_dir}: its checkpoint was made with a different config: "
             f"{'; '.join(differences)}. Resume with the checkpoint's values, or start a new run."
         )
-    warn_of_other_speed_options(checkpoint, SpeedOptions.of(cfg.speed))
+    warn_of_other_speed_options(checkpoint, speed)
     return checkpoint
 
 

@@ -220,7 +220,7 @@ class FitSettings:
     eval_batch_size: int
     seed: int  # orders the training images; fixes the test loss's noise
     progress: bool
-    resume_config: dict[str, Any]  # checkpoint.resume_key_config of the run
+    resume_config: dict[str, Any]  # checkpoint.resume_key of the run
     speed: dict[str, Any]  # the speed options it trains with, kept in each checkpoint
     hydra_files: dict[str, str]  # the run's .hydra/*.yaml, kept in each checkpoint
     early_stopping_patience: Optional[int] = None  # epochs; None: no early stopping (early_stopping.py)

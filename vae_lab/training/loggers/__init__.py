@@ -4,7 +4,7 @@ Weights & Biases, MLflow, or several of them at once (docs/trackers.md).
 Each logger is built by Hydra from conf/logger/*.yaml, given the run folder; vae_lab/train.py calls
 
     logger = instantiate(cfg.logger, run_dir=run_dir)   # checks its package is there: an install hint if not
-    logger.start(run_context(cfg, run_dir))             # the run's name, sweep, hyper-parameters, config
+    logger.start(run_context(config, run_dir))          # the run's name, sweep, hyper-parameters, config
     logger.log_epoch(record)                            # metrics.jsonl's line of each epoch
     logger.log_metrics(summary_metrics, step)           # the evaluation's numbers
     logger.log_embedding(codes, labels, images, step)   # test codes, when logger.embedding_images > 0

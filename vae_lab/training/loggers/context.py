@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
-
 from vae_lab.operational import is_operational
 
 
@@ -22,8 +20,9 @@ class RunContext:
     config: dict[str, Any] = field(default_factory=dict)  # the whole resolved config
 
 
-def run_context(cfg: DictConfig, run_dir: Path) -> RunContext:
-    """Give back the run's name, sweep folder, hyper-parameters and config, from Hydra where it runs the job.
+def run_context(config: dict[str, Any], run_dir: Path) -> RunContext:
+    """Give back the run's name, sweep folder, hyper-parameters and config (the resolved config, given),
+    from Hydra where it runs the job.
 
     The hyper-parameters are the job's overrides that name its sweep folder (a sweep's point: Hydra's
     override_dirname, less its exclude_keys: evaluation settings, threads, ...) and its seed, if given.
@@ -41,7 +40,6 @@ def run_context(cfg: DictConfig, run_dir: Path) -> RunContext:
     kept = [o for o in overrides if not is_operational(_key(o))]
     named = sorted(o for o in kept if _key(o) not in unnamed)
     seed = [o for o in kept if _key(o) == "seed"]
-    config = OmegaConf.to_container(cfg, resolve=True)
     return RunContext(
         name=",".join(named + seed) or run_dir.name,
         group=group,
