@@ -193,6 +193,24 @@ def test_a_run_that_fails_its_checks_is_marked_failed_in_its_folder(tmp_path):
     assert not (run_dir / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize(
+    "overrides", [[], ["experiment=burda2015"], ["experiment=davidson2018"], ["data=celeba"]]
+)
+def test_the_resume_key_holds_what_a_run_is_and_no_key_of_how_it_ran(overrides):
+    from vae_lab.operational import is_operational
+    from vae_lab.settings import read_settings
+    from vae_lab.training.run_folder import flatten
+
+    settings = read_settings(compose_config(*overrides), REPO / "no_run_folder")
+    key = flatten(settings.resume_key)
+    assert [name for name in key if is_operational(name)] == []
+    config = flatten(settings.config)
+    for group in ("model", "loss", "data"):  # every key of what the run is, none left out
+        kept = {name for name in config if name.startswith(f"{group}.") and not is_operational(name)}
+        assert kept <= set(key), sorted(kept - set(key))
+    assert key["seed"] == config["seed"] and key["trainer.batch_size"] == config["trainer.batch_size"]
+
+
 def test_hydra_leaves_out_of_folder_names_exactly_the_declared_operational_keys():
     from omegaconf import OmegaConf
 

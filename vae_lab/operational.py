@@ -1,7 +1,8 @@
 """The config keys that say how a run ran (where, on how many threads, how fast, how it is logged and
 measured), not what it is: the one declaration that compare's labels (vae_lab/labels.py), the trackers'
-run names and parameters (vae_lab/training/loggers/) and Hydra's `exclude_keys` for sweep folder names
-(conf/config.yaml, checked against this by tests/test_config.py) follow."""
+run names and parameters (vae_lab/training/loggers/), the keys a resume must match
+(training/checkpoint.py's resume_key) and Hydra's `exclude_keys` for sweep folder names (conf/config.yaml,
+checked against this by tests/test_config.py) follow."""
 
 OPERATIONAL_KEYS = frozenset(
     {

@@ -15,6 +15,7 @@ import torch
 from vae_lab.errors import ConfigError, RunFolderError
 from vae_lab.files import write_atomically
 from vae_lab.legacy_configs import split_legacy_speed, upgrade_legacy_loss
+from vae_lab.operational import is_operational
 from vae_lab.speed.options import SpeedOptions, what_differs_means
 from vae_lab.training.run_folder import CHECKPOINT_FILE, CONFIG_FILE, flatten
 
@@ -123,9 +124,10 @@ def resume_key(kept: dict[str, Any]) -> dict[str, Any]:
     """Give back the parts of a run's resolved config that it must keep to be resumed: what its numbers
     are of.
 
-    The speed options (conf/speed) are not among them: a resume with others goes on, and says how far
-    its numbers then depart from an uninterrupted run's (`resume_point`)."""
-    data = {key: value for key, value in kept["data"].items() if key not in ("root", "download")}
+    No key that says how a run ran (vae_lab/operational.py: the data's folder, the speed options, ...) is
+    among them: a resume with other speed options goes on, and says how far its numbers then depart from
+    an uninterrupted run's (`resume_point`). Nor is trainer.epochs: a finished run goes on for more."""
+    data = {key: value for key, value in kept["data"].items() if not is_operational(f"data.{key}")}
     trainer = {"batch_size": kept["trainer"]["batch_size"]}
     # keys absent from older runs, kept only where set (their checkpoints then resume)
     if kept["trainer"].get("kl_warmup_epochs") is not None:
