@@ -3,14 +3,13 @@
     python -m vae_lab.bench [--data-root data] [--rounds 5] [--window-steps 15] [--json PATH]
     python -m vae_lab.bench --profile 20    # where vae_lab's default step spends its time
 
-
 The plain loop (vae_lab/speed/plain_vae.py) and vae_lab's training path with its defaults, and with
-each speed option (conf/speed) on its own, take turns in short timed windows after a warm-up, so
-that drift on a shared machine hits every variant alike; each variant's speed is the median of its windows.
+each speed option (conf/speed) on its own, take turns in short timed windows after a warm-up, so that
+drift on a shared machine hits every variant alike; each variant's speed is the median of its windows.
 Each variant trains in a process of its own (vae_lab/speed/measure.py), one at a time: process-wide
 settings (the threads, the allocator's) stay that variant's, and each peak resident memory is that
-variant's own. It prints a
-line as each stage ends; the defaults (5 rounds of 15-step windows) take a few minutes on a 2-core CPU.
+variant's own. It prints a line as each stage ends; the defaults (5 rounds of 15-step windows) take a
+few minutes on a 2-core CPU.
 """
 
 import argparse
