@@ -65,27 +65,19 @@ def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen) -> Non
     wait_until(lambda: len(epochs_logged(run_dir)) >= count, process, f"{count} epochs were logged")
 
 
-def write_data(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
     """768 training images: 12 steps an epoch in batches of 64."""
     return write_fake_mnist(tmp_path_factory.mktemp("data"), train_count=768, test_count=128)
 
 
-def train_uninterrupted(tmp_path_factory, data_root: Path) -> Path:
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_root) -> Path:
     """The run the stopped and resumed runs must end bit-identical to."""
     run_dir = tmp_path_factory.mktemp("runs") / "uninterrupted"
     result = train(data_root, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_data(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_root) -> Path:
-    return train_uninterrupted(tmp_path_factory, data_root)
 
 
 def start(data_root: Path, run_dir: Path) -> subprocess.Popen:

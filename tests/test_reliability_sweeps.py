@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import test_reliability as reliability
 from tests.conftest import REPO, python
 from tests.test_reliability import (
     command,
@@ -19,20 +20,12 @@ from tests.test_reliability import (
     said,
     same_numbers,
     summary,
-    train_uninterrupted,
     wait_for_epochs,
-    write_data,
 )
 
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_data(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_root) -> Path:
-    return train_uninterrupted(tmp_path_factory, data_root)
+# test_reliability.py's fixtures, made anew for this module: its data, and its uninterrupted run
+data_root = reliability.data_root
+uninterrupted = reliability.uninterrupted
 
 
 FOLDER_TAIL = "trainer.batch_size=64,trainer.epochs=3"  # the other overrides are left out of folder names
