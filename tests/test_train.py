@@ -8,6 +8,7 @@ import matplotlib.image
 import pytest
 import torch
 
+from tests import warm_start
 from tests.conftest import FAST_EVALUATION, python
 from vae_lab import load_run
 from vae_lab.data import load_mnist
@@ -19,7 +20,7 @@ FIGURES = ("reconstructions.png", "latent_scatter.png", "samples.png", "manifold
 
 
 def train_cli(run_dir: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
+    result = warm_start.run(
         [
             python(),
             "-m",
@@ -198,9 +199,15 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
             assert losses(option) == pytest.approx(losses(), rel=0.01)
             return
         no_dropout = "model.encoder.dropout=0.0"
-        # bf16 keeps 8 bits of mantissa: its losses are compared within 2%, the others within 0.1%
-        tolerance = 0.02 if "bf16" in option else 1e-3
-        assert losses(no_dropout, option) == pytest.approx(losses(no_dropout), rel=tolerance)
+        first, second = losses(no_dropout, option)
+        expected_first, expected_second = losses(no_dropout)
+        if "bf16" in option:  # 8 bits of mantissa
+            assert [first, second] == pytest.approx([expected_first, expected_second], rel=0.02)
+            return
+        # float rounding alone, the default path on one thread against two, leaves the first epoch's mean
+        # 0.006% and the second's 0.17% apart: Adam's steps carry a rounding further with each step
+        assert first == pytest.approx(expected_first, rel=5e-4)
+        assert second == pytest.approx(expected_second, rel=5e-3)
 
 
 def test_logger_tensorboard_writes_events_beside_the_run_files(tmp_path, fake_mnist_root):
