@@ -7,6 +7,7 @@ import subprocess
 import pytest
 import torch
 
+from tests import warm_start
 from tests.conftest import python
 from vae_lab.speed import SpeedOptions
 from vae_lab.speed.layers import FastConvTranspose2d, FastDropout
@@ -161,7 +162,7 @@ def test_the_bench_measures_every_option_on_its_own_unless_told_which():
 
 def test_the_benchmark_runs_on_tiny_sizes_and_writes_well_formed_numbers(tmp_path, fake_mnist_root):
     report_path = tmp_path / "bench.json"
-    result = subprocess.run(
+    result = warm_start.run(
         [
             python(),
             "-m",
@@ -225,11 +226,11 @@ def test_the_bench_profiles_the_default_path_by_operator_beside_the_unprofiled_s
         "aten::convolution_backward" in table and "_ReluBatchNormDropoutBackward" in table
     )  # the fused blocks
     assert "Input Shapes" not in table  # recording shapes slows the big element-wise operators several times
-    refused = subprocess.run(
+    refused = warm_start.run(
         [python(), "-m", "vae_lab.bench", "--profile", "0"], capture_output=True, text=True, timeout=120
     )
     assert refused.returncode == 1 and "Traceback" not in refused.stderr and "--profile 0" in refused.stderr
-    no_data = subprocess.run(
+    no_data = warm_start.run(
         [python(), "-m", "vae_lab.bench", "--profile", "2", "--data-root", str(fake_mnist_root / "nowhere")],
         capture_output=True,
         text=True,
@@ -253,7 +254,7 @@ def test_a_variant_that_cannot_be_built_stops_the_benchmark_with_its_reason(fake
 
 
 def test_the_benchmark_refuses_a_device_it_cannot_use_in_one_line(fake_mnist_root):
-    result = subprocess.run(
+    result = warm_start.run(
         [python(), "-m", "vae_lab.bench", "--data-root", str(fake_mnist_root), "--device", "tpu"],
         capture_output=True,
         text=True,

@@ -11,6 +11,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 
+from tests import warm_start
 from tests.conftest import REPO, build_run, python, write_fake_mnist
 from vae_lab.config import check_config, register_schemas
 from vae_lab.devices import resolve_device
@@ -137,7 +138,7 @@ def test_cuda_asked_for_without_cuda_is_a_config_error(monkeypatch):
 
 
 def _train_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return warm_start.run(
         [python(), "-m", "vae_lab.train", *overrides], cwd=cwd, capture_output=True, text=True, timeout=120
     )
 

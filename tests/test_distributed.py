@@ -6,7 +6,6 @@ batch (docs/scaling.md says what is equal and what is not).
 """
 
 import json
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tests import warm_start
 from tests.conftest import REPO, python, write_fake_mnist
 from vae_lab.errors import ConfigError
 from vae_lab.training.distributed import Ranks, SyncBatchNorm2dCPU, check_data_parallel_run, check_last_batch
@@ -31,7 +31,7 @@ TORCHRUN = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_pe
 
 def train(data_root: Path, *overrides: str, processes: int = 1, cwd: Path = REPO):
     start = TORCHRUN if processes == 2 else [python()]
-    result = subprocess.run(
+    result = warm_start.run(
         [*start, "-m", "vae_lab.train", f"data.root={data_root}", *RUN, *overrides],
         capture_output=True,
         text=True,
@@ -186,7 +186,7 @@ def test_a_submitit_job_of_two_tasks_trains_one_run_over_both(tmp_path, data_roo
     """hydra/launcher=submitit_local with two tasks per node: what slurm_ddp does on a cluster."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
+    result = warm_start.run(
         [
             python(),
             "-m",

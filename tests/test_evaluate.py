@@ -4,12 +4,12 @@ import hashlib
 import json
 import math
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests import warm_start
 from tests.conftest import FAST_EVALUATION, python, write_fake_mnist
 from vae_lab.compare import summary_numbers
 from vae_lab.evaluate import main as evaluate_main
@@ -18,7 +18,7 @@ BASE = ["trainer.epochs=2", "trainer.batch_size=32", "trainer.progress=false", *
 
 
 def train(run_dir: Path, root: Path, *overrides: str) -> dict:
-    result = subprocess.run(
+    result = warm_start.run(
         [python(), "-m", "vae_lab.train", f"data.root={root}", f"hydra.run.dir={run_dir}", *BASE, *overrides],
         capture_output=True,
         text=True,
@@ -172,7 +172,7 @@ def test_the_classifier_command_trains_once_then_reuses_its_cache(tmp_path):
         "evaluation.classifier.epochs=1",
         "trainer.progress=false",
     ]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    first = warm_start.run(command, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert (
         "training the sample metrics' classifier (10 classes: 0, 1, 2" in first.stdout
@@ -182,12 +182,12 @@ def test_the_classifier_command_trains_once_then_reuses_its_cache(tmp_path):
     assert re.search(r"classifier epoch 1/1: training loss \d+\.\d{4}, \d+ s", first.stdout), first.stdout
     cached = list((root / "classifiers").glob("digit_classifier-*.pt"))
     assert len(cached) == 1
-    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    second = warm_start.run(command, capture_output=True, text=True, timeout=300)
     assert (
         "training the sample metrics' classifier (10 classes: 0, 1, 2" not in second.stdout
         and str(cached[0]) in second.stdout
     )
-    changed = subprocess.run(
+    changed = warm_start.run(
         [*command, "evaluation.classifier.epochs=2"], capture_output=True, text=True, timeout=300
     )
     assert (

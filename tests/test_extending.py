@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import warm_start
 from tests.conftest import REPO
 
 TOY_CONF = Path(__file__).with_name("toy_conf")
 
 
 def train(run_dir: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return warm_start.run(
         [
             sys.executable,
             "-m",

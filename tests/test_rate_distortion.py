@@ -3,11 +3,11 @@ refused betas, and experiments/rate_distortion.py on tiny data (3 betas and KL o
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests import warm_start
 from tests.conftest import REPO, build_run, compose_run, python
 from vae_lab.compare import RunRow
 from vae_lab.errors import ConfigError
@@ -104,7 +104,7 @@ def test_a_kl_weight_for_a_model_without_a_posterior_is_refused_before_training(
 def test_the_script_sweeps_three_betas_and_kl_only_and_draws_the_plane(tmp_path, fake_mnist_root):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep_dir = tmp_path / "rd"
-    result = subprocess.run(
+    result = warm_start.run(
         [
             python(),
             str(REPO / "experiments" / "rate_distortion.py"),

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests import warm_start
 from tests.conftest import SHARED_MNIST, python
 from vae_lab.data import MNIST_FILES, load_mnist
 from vae_lab.errors import DataError
@@ -31,7 +32,7 @@ def test_the_official_files_load_with_their_known_sizes(mnist_root):
 def test_about_a_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp_path):
     run_dir = tmp_path / "run"
     # 3 epochs of 4,096 images at batch 128: 96 steps
-    result = subprocess.run(
+    result = warm_start.run(
         [
             python(),
             "-m",

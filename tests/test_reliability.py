@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import warm_start
 from tests.conftest import REPO, python, wait_until, write_fake_mnist
 from vae_lab.errors import RunFolderError
 from vae_lab.files import write_atomically, write_json
@@ -38,7 +39,7 @@ def command(data_root: Path, *overrides: str, multirun: bool = False) -> list[st
 
 
 def train(data_root: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return warm_start.run(
         command(data_root, f"hydra.run.dir={run_dir}", *overrides),
         capture_output=True,
         text=True,
@@ -82,7 +83,7 @@ def uninterrupted(tmp_path_factory, data_root) -> Path:
 
 def start(data_root: Path, run_dir: Path) -> subprocess.Popen:
     """Start a run in the background; its error output stays readable through communicate()."""
-    return subprocess.Popen(
+    return warm_start.Popen(
         command(data_root, f"hydra.run.dir={run_dir}"),
         cwd=REPO,
         stdout=subprocess.DEVNULL,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import test_reliability as reliability
+from tests import warm_start
 from tests.conftest import REPO, python
 from tests.test_reliability import (
     command,
@@ -37,7 +38,7 @@ def sweep_command(data_root: Path, sweep_dir: Path) -> list[str]:
 
 def test_a_killed_sweep_started_again_skips_finished_jobs_and_resumes_the_others(tmp_path, data_root):
     sweep_dir = tmp_path / "sweep"
-    process = subprocess.Popen(
+    process = warm_start.Popen(
         sweep_command(data_root, sweep_dir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     second = sweep_dir / f"1_loss=kl,{FOLDER_TAIL}"
@@ -48,7 +49,7 @@ def test_a_killed_sweep_started_again_skips_finished_jobs_and_resumes_the_others
     finished = folder_bytes(first)
     assert summary(first)["status"] == "completed"
 
-    result = subprocess.run(
+    result = warm_start.run(
         sweep_command(data_root, sweep_dir), cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -62,7 +63,7 @@ def test_a_killed_sweep_started_again_skips_finished_jobs_and_resumes_the_others
         assert summary(sweep_dir / job)["status"] == "completed"
         assert epochs_logged(sweep_dir / job) == [1, 2, 3]
 
-    compared = subprocess.run(
+    compared = warm_start.run(
         [python(), "-m", "vae_lab.compare", str(sweep_dir)], cwd=REPO, capture_output=True, text=True
     )
     assert compared.returncode == 0, compared.stderr[-3000:]
@@ -91,7 +92,7 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_from_its_own_checkpoin
     preemption; submitit_local requeues the job in the same folder as SLURM would."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep_dir = tmp_path / "submitit"
-    process = subprocess.Popen(
+    process = warm_start.Popen(
         [*command(data_root, f"hydra.sweep.dir={sweep_dir}", multirun=True), "hydra/launcher=submitit_local"],
         cwd=REPO,
         stdout=subprocess.DEVNULL,

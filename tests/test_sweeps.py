@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import warm_start
 from tests.conftest import FAST_EVALUATION, REPO, python
 from vae_lab.compare import compare, group, grouped_headline, read_row
 from vae_lab.compare import main as compare_main
@@ -27,7 +28,7 @@ TINY = [
 
 def sweep(tmp_path: Path, data_root: Path, *overrides: str) -> Path:
     sweep_dir = tmp_path / "sweep"
-    result = subprocess.run(
+    result = warm_start.run(
         [
             python(),
             "-m",
@@ -95,7 +96,7 @@ def test_compare_reads_back_each_runs_numbers(loss_sweep):
 
 
 def test_the_ablation_experiment_carries_the_loss_sweep(tmp_path):
-    result = subprocess.run(
+    result = warm_start.run(
         [python(), "-m", "vae_lab.train", "experiment=ablation", "--cfg", "hydra"],
         capture_output=True,
         text=True,
@@ -234,7 +235,7 @@ def test_submitit_local_runs_a_sweep(tmp_path, fake_mnist_root):
 
 
 def test_the_slurm_preset_requeues_and_asks_for_a_gpu(tmp_path):
-    result = subprocess.run(
+    result = warm_start.run(
         [python(), "-m", "vae_lab.train", "hydra/launcher=slurm", "--cfg", "hydra"],
         capture_output=True,
         text=True,
@@ -275,7 +276,7 @@ def test_the_ablation_script_runs_its_jobs_at_once_trains_the_classifier_once_an
     """experiments/ablation.py is what `make demo` runs."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep_dir = tmp_path / "ablation"
-    result = subprocess.run(
+    result = warm_start.run(
         [
             python(),
             str(REPO / "experiments" / "ablation.py"),
@@ -351,7 +352,7 @@ def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_into_its_
         "trainer.epochs=400",  # far longer than the test waits
         "evaluation.enabled=false",
     ]
-    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = warm_start.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while len(list(sweep_dir.glob("*/checkpoint.pt"))) < 2:  # both jobs have trained an epoch
         assert parent.poll() is None and time.monotonic() < deadline, "the sweep did not start its two jobs"
@@ -368,7 +369,7 @@ def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_into_its_
         assert json.loads((job / "summary.json").read_text())["status"] == "interrupted"
         epochs_done = len((job / "metrics.jsonl").read_text().splitlines())
         assert 1 <= epochs_done < 400
-    restarted = subprocess.run(
+    restarted = warm_start.run(
         [*command[:-2], "trainer.epochs=2", "evaluation.enabled=false"],
         capture_output=True,
         text=True,

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from tests import warm_start
 from tests.conftest import FAST_EVALUATION, python, write_fake_mnist
 from vae_lab.config import check_config, register_schemas
 from vae_lab.errors import ConfigError
@@ -38,7 +39,7 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
 
 def train(tmp_path: Path, *overrides: str, env=None, multirun=False) -> subprocess.CompletedProcess:
     command = [python(), "-m", "vae_lab.train", *(["-m"] if multirun else []), *TINY, *overrides]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    return warm_start.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
 
 
 def tensorboard_events(folder: Path):
