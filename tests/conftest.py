@@ -5,7 +5,6 @@ machine."""
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -136,8 +135,9 @@ def python() -> str:
     return sys.executable
 
 
-def wait_until(condition, process: subprocess.Popen, what: str, timeout_s: float = 120) -> None:
-    """Poll `condition` until it holds; fail where `process` ends first or `what` takes too long."""
+def wait_until(condition, process, what: str, timeout_s: float = 120) -> None:
+    """Poll `condition` until it holds; fail where `process` (a subprocess.Popen or a warm_start.Popen)
+    ends first or `what` takes too long."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert process.poll() is None, f"the process ended before {what}"

@@ -62,7 +62,7 @@ def epochs_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen) -> None:
+def wait_for_epochs(run_dir: Path, count: int, process: warm_start.Popen) -> None:
     wait_until(lambda: len(epochs_logged(run_dir)) >= count, process, f"{count} epochs were logged")
 
 
@@ -81,7 +81,7 @@ def uninterrupted(tmp_path_factory, data_root) -> Path:
     return run_dir
 
 
-def start(data_root: Path, run_dir: Path) -> subprocess.Popen:
+def start(data_root: Path, run_dir: Path) -> warm_start.Popen:
     """Start a run in the background; its error output stays readable through communicate()."""
     return warm_start.Popen(
         command(data_root, f"hydra.run.dir={run_dir}"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import warm_start
+from tests.conftest import wait_until
 
 SCRIPT = """
 import json, os, sys, time
@@ -55,8 +56,7 @@ def test_a_module_runs_as_with_python_m(tmp_path):
 
 def test_a_signal_ends_the_command_as_it_would_a_process_of_its_own(script):
     process = warm_start.Popen([sys.executable, str(script), "sleep", "0"], stdout=subprocess.PIPE, text=True)
-    while "started" not in process.output()[0]:
-        assert process.poll() is None
+    wait_until(lambda: "started" in process.output()[0], process, "the script started")
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL
 

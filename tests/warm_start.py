@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from functools import cache
 from pathlib import Path
 from typing import Optional
@@ -61,21 +62,23 @@ class Popen:
             raise ValueError(
                 f"warm_start runs `python -m module ...` or `python script.py ...`, not {args!r}"
             )
+        env = dict(os.environ if env is None else env)
+        server, started_with = _server()
+        differs = [key for key in READ_AT_START if env.get(key) != started_with[key]]
+        if differs:
+            raise ValueError(f"the fork server started with other {', '.join(differs)}: use subprocess")
         self.args, self.text, self._piped = args, text, (stdout == subprocess.PIPE, stderr == subprocess.PIPE)
         self.folder = Path(tempfile.mkdtemp(prefix="warm_start_"))
+        weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)  # its output, once unread
         for name in ("stdout", "stderr"):  # readable from the start, as a pipe is
             (self.folder / name).touch()
         request = {
             "command": command,
             "cwd": str(Path(cwd or os.getcwd()).resolve()),
-            "env": dict(os.environ if env is None else env),
+            "env": env,
             "folder": str(self.folder),
             "new_session": start_new_session,
         }
-        server, started_with = _server()
-        differs = [key for key in READ_AT_START if request["env"].get(key) != started_with[key]]
-        if differs:
-            raise ValueError(f"the fork server started with other {', '.join(differs)}: use subprocess")
         server.stdin.write(json.dumps(request) + "\n")
         self.pid = int(server.stdout.readline())
         self.returncode: Optional[int] = None
@@ -98,9 +101,6 @@ class Popen:
         if self.poll() is None:
             os.kill(self.pid, number)
 
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
@@ -116,7 +116,7 @@ class Popen:
         return read(self.folder / "stdout"), read(self.folder / "stderr")
 
 
-def run(args, capture_output=False, text=False, timeout=None, env=None, cwd=None, check=False):
+def run(args, capture_output=False, text=False, timeout=None, env=None, cwd=None):
     """Run a command to its end; the part of subprocess.run that the tests use."""
     process = Popen(args, env=env, cwd=cwd)
     try:
@@ -126,15 +126,11 @@ def run(args, capture_output=False, text=False, timeout=None, env=None, cwd=None
         process.wait()
         raise subprocess.TimeoutExpired(args, timeout, *process.output(text)) from None
     stdout, stderr = process.output(text)
-    shutil.rmtree(process.folder)
     if not capture_output:  # where subprocess.run would have let them through
         sys.stdout.write(stdout if text else stdout.decode())
         sys.stderr.write(stderr if text else stderr.decode())
         stdout = stderr = None
-    result = subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
-    if check:
-        result.check_returncode()
-    return result
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
 def _become(request: dict, fresh_sys_path: list[str]) -> None:
