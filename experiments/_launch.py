@@ -18,13 +18,16 @@ from vae_lab.evaluation.classifier import load_or_train_for_config
 from vae_lab.train import CONF_DIR, main
 
 
-def all_jobs_at_once(jobs: int) -> list[str]:
+def all_jobs_at_once(jobs: int, arguments: list[str]) -> list[str]:
     """Give back the launcher overrides that run a study's jobs at once where that is faster, when the
     joblib plugin is installed: on a CPU all of them, one thread each (docs/sweeps.md, Launchers); on a
     machine with several GPUs as many as there are GPUs, each job on its own (round robin,
     devices.resolve_device); on one GPU, none (the jobs run one after another). Jobs run at once would
     share one terminal line with their progress bars, so each logs a line per quarter epoch instead
-    (`trainer.progress=true` on the command line brings the bars back)."""
+    (`trainer.progress=true` on the command line brings the bars back). A launcher that the command
+    line's `arguments` name (`hydra/launcher=basic`, `hydra/launcher=slurm`) is theirs: none is added."""
+    if any(argument.startswith("hydra/launcher=") for argument in arguments):
+        return []
     if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None:
         return []
     if torch.cuda.is_available():

@@ -19,7 +19,7 @@ from vae_lab.compare import compare
 if __name__ == "__main__":
     given = [arg.partition("=")[2] for arg in sys.argv[1:] if arg.startswith("hydra.sweep.dir=")]
     sweep_dir = Path(given[-1] if given else time.strftime("outputs/multirun/%Y-%m-%d/%H-%M-%S"))
-    parallel = all_jobs_at_once(3)
+    parallel = all_jobs_at_once(3, sys.argv[1:])
     if parallel:
         train_the_classifier_once(sys.argv[1:])
     launch("-m", "experiment=ablation", *parallel, f"hydra.sweep.dir={sweep_dir}")

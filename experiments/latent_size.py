@@ -20,7 +20,7 @@ if __name__ == "__main__":
     given = [arg.partition("=")[2] for arg in sys.argv[1:] if arg.startswith("hydra.sweep.dir=")]
     sweep_dir = Path(given[-1] if given else time.strftime("outputs/multirun/%Y-%m-%d/%H-%M-%S"))
     train_the_classifier_once(sys.argv[1:])  # before the jobs, which would each train it at once
-    launch("-m", "experiment=latent_size", *all_jobs_at_once(3), f"hydra.sweep.dir={sweep_dir}")
+    launch("-m", "experiment=latent_size", *all_jobs_at_once(3, sys.argv[1:]), f"hydra.sweep.dir={sweep_dir}")
     data_root = [arg.partition("=")[2] for arg in sys.argv[1:] if arg.startswith("data.root=")]
     written = compare([sweep_dir], data_root=data_root[-1] if data_root else None)
     print(f"Sweep folder: {sweep_dir}")

@@ -46,7 +46,7 @@ if __name__ == "__main__":
         if values
     ]
     betas = [f"loss.kl_weight={','.join(f'{beta:g}' for beta in args.betas)}"] if args.betas else []
-    parallel = all_jobs_at_once(3)
+    parallel = all_jobs_at_once(3, overrides)
     train_the_classifier_once(["experiment=rate_distortion", *overrides])  # not once in each job at once
     sweep(sweep_dir / "beta", *parallel, *betas, *chosen, *overrides)
     sweep(sweep_dir / "kl_only", *parallel, "loss=kl", "loss.kl_weight=1", *chosen, *overrides)

@@ -96,7 +96,7 @@ def test_a_study_runs_as_many_jobs_at_once_as_there_are_gpus_or_all_of_them_on_a
     launch = importlib.import_module("_launch")
     monkeypatch.setattr("torch.cuda.is_available", lambda: gpus > 0)
     monkeypatch.setattr("torch.cuda.device_count", lambda: gpus)
-    overrides = launch.all_jobs_at_once(3)
+    overrides = launch.all_jobs_at_once(3, ["seed=0,1,2"])
     if expected is None:
         assert overrides == []  # one GPU: one job after another
     else:
@@ -105,3 +105,19 @@ def test_a_study_runs_as_many_jobs_at_once_as_there_are_gpus_or_all_of_them_on_a
             f"hydra.launcher.n_jobs={expected}",
             "trainer.progress=false",
         ]
+
+
+@pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra/launcher=slurm"])
+def test_a_launcher_on_the_command_line_is_the_one_a_study_runs_with(monkeypatch, launcher):
+    import importlib
+    import sys
+
+    from tests.conftest import REPO
+
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
+    sys.modules.pop("_launch", None)
+    launch = importlib.import_module("_launch")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert launch.all_jobs_at_once(3, ["seed=0,1", launcher]) == []  # nothing for Hydra to refuse
+    assert launch.all_jobs_at_once(3, ["seed=0,1"])[0] == "hydra/launcher=joblib"

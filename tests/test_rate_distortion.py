@@ -125,6 +125,7 @@ def test_the_script_sweeps_three_betas_and_kl_only_and_draws_the_plane(tmp_path,
             "trainer.batch_size=64",
             "trainer.progress=false",
             "evaluation.enabled=false",
+            "hydra/launcher=basic",  # one job after another; jobs at once: test_sweeps' ablation test
             f"hydra.sweep.dir={sweep_dir}",
         ],
         capture_output=True,
