@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import warm_start
 from tests.conftest import REPO, python, wait_until, write_fake_mnist
 from vae_lab.runs import load_run
 
@@ -95,13 +96,14 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_matches_on
     """SIGTERM to torchrun (what a cluster sends) reaches both processes; they agree on one step,
     process 0 saves it, and the resumed two-process run ends where one uninterrupted process ends."""
     run_dir, reference = tmp_path / "run", tmp_path / "one"
-    subprocess.run(
+    reference_run = warm_start.run(
         command(data_root, reference, "trainer.epochs=2", processes=1),
         cwd=REPO,
-        check=True,
         capture_output=True,
+        text=True,
     )
-    job = subprocess.Popen(
+    assert reference_run.returncode == 0, reference_run.stderr[-3000:]
+    job = warm_start.Popen(  # torchrun, forked: its two processes are started fresh
         command(data_root, run_dir, "trainer.epochs=2"),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -118,7 +120,7 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_matches_on
     assert record["status"] == "interrupted", record
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert saved["position"] is not None  # mid-epoch
-    resumed = subprocess.run(
+    resumed = warm_start.run(
         [*command(data_root, run_dir, "trainer.epochs=2"), "trainer.resume=true"],
         cwd=REPO,
         capture_output=True,

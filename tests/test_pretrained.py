@@ -61,20 +61,14 @@ def test_a_fresh_process_reads_the_summary_with_no_data_and_no_training(tmp_path
 
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not in {SHARED_MNIST}")
 @pytest.mark.parametrize("name", SHIPPED)
-def test_each_shipped_model_reproduces_its_recorded_test_loss_on_mnist(name, tmp_path):
+def test_each_shipped_model_reproduces_its_recorded_test_loss_on_mnist(name, real_mnist_root):
     from hydra.utils import instantiate
 
     from vae_lab.data import load_mnist
     from vae_lab.evaluation.inference import evaluate_loss
 
-    root = tmp_path / "data" / "MNIST" / "raw"
-    root.mkdir(parents=True)
-    for file in SHARED_MNIST.glob("t10k-*.gz"):  # the test split alone is read
-        (root / file.name).symlink_to(file)
-    for file in SHARED_MNIST.glob("train-*.gz"):
-        (root / file.name).symlink_to(file)
     run = load_pretrained(name)
-    data = load_mnist(str(tmp_path / "data"), limit=64)
+    data = load_mnist(str(real_mnist_root), limit=64)  # the test split, whole
     loss = instantiate(run.config.loss)
     test = evaluate_loss(
         run.model, loss, data.test_images, run.config.trainer.eval_batch_size, run.config.seed
