@@ -24,6 +24,7 @@ from tqdm import tqdm
 from vae_lab.config import CONF_DIR, register_schemas
 from vae_lab.data import ImageData, in_order, resolve_root, shuffled_batches, to_float
 from vae_lab.errors import VaeLabError
+from vae_lab.evaluation.inference import BATCH_SIZE
 from vae_lab.files import write_atomically
 from vae_lab.speed import memory
 
@@ -59,7 +60,7 @@ class DigitClassifier(nn.Module):
 
 
 @torch.no_grad()
-def classify(classifier: DigitClassifier, images: torch.Tensor, batch_size: int = 1000):
+def classify(classifier: DigitClassifier, images: torch.Tensor, batch_size: int = BATCH_SIZE):
     """Give back (p(y|x) (N, C), features (N, 128)) for float images in [0, 1] or uint8 images.
 
     uint8 images become floats one batch at a time, so a large split never exists in float32 at once.
