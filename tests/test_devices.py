@@ -81,11 +81,10 @@ def test_the_jobs_of_a_sweep_take_the_gpus_round_robin_where_there_are_several(m
     assert resolve_device("auto", 3) == torch.device("cpu")
 
 
-@pytest.mark.parametrize(("gpus", "expected"), [(0, 3), (1, None), (2, 2), (8, 3)])
-def test_a_study_runs_as_many_jobs_at_once_as_there_are_gpus_or_all_of_them_on_a_cpu(
-    monkeypatch, gpus, expected
-):
-    import importlib.util
+@pytest.fixture
+def launch(monkeypatch):
+    """experiments/_launch.py, imported anew (the study scripts' helpers)."""
+    import importlib
     import sys
 
     from tests.conftest import REPO
@@ -93,7 +92,13 @@ def test_a_study_runs_as_many_jobs_at_once_as_there_are_gpus_or_all_of_them_on_a
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     monkeypatch.syspath_prepend(str(REPO / "experiments"))
     sys.modules.pop("_launch", None)
-    launch = importlib.import_module("_launch")
+    return importlib.import_module("_launch")
+
+
+@pytest.mark.parametrize(("gpus", "expected"), [(0, 3), (1, None), (2, 2), (8, 3)])
+def test_a_study_runs_as_many_jobs_at_once_as_there_are_gpus_or_all_of_them_on_a_cpu(
+    monkeypatch, launch, gpus, expected
+):
     monkeypatch.setattr("torch.cuda.is_available", lambda: gpus > 0)
     monkeypatch.setattr("torch.cuda.device_count", lambda: gpus)
     overrides = launch.all_jobs_at_once(3, ["seed=0,1,2"])
@@ -108,16 +113,7 @@ def test_a_study_runs_as_many_jobs_at_once_as_there_are_gpus_or_all_of_them_on_a
 
 
 @pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra/launcher=slurm"])
-def test_a_launcher_on_the_command_line_is_the_one_a_study_runs_with(monkeypatch, launcher):
-    import importlib
-    import sys
-
-    from tests.conftest import REPO
-
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    monkeypatch.syspath_prepend(str(REPO / "experiments"))
-    sys.modules.pop("_launch", None)
-    launch = importlib.import_module("_launch")
+def test_a_launcher_on_the_command_line_is_the_one_a_study_runs_with(monkeypatch, launch, launcher):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert launch.all_jobs_at_once(3, ["seed=0,1", launcher]) == []  # nothing for Hydra to refuse
     assert launch.all_jobs_at_once(3, ["seed=0,1"])[0] == "hydra/launcher=joblib"
