@@ -2,12 +2,12 @@
 training, through vae_lab.load_pretrained and torch.hub, each reproducing its recorded test loss."""
 
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from tests import warm_start
 from tests.conftest import REPO, SHARED_MNIST
 from vae_lab.errors import VaeLabError
 from vae_lab.pretrained import FOLDER, load_pretrained, names, record
@@ -52,7 +52,7 @@ def test_torch_hub_loads_a_shipped_model_from_a_clone():
 
 def test_a_fresh_process_reads_the_summary_with_no_data_and_no_training(tmp_path):
     code = "import vae_lab; r = vae_lab.load_pretrained('article_vae'); print(r.summary['test'])"
-    result = subprocess.run(
+    result = warm_start.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
     assert result.returncode == 0, result.stderr

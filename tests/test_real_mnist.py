@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests import warm_start
-from tests.conftest import SHARED_MNIST, python
+from tests.conftest import SHARED_MNIST, python, wait_until
 from vae_lab.data import MNIST_FILES, load_mnist
 from vae_lab.errors import DataError
 
@@ -85,11 +85,11 @@ def test_a_loader_waits_while_another_process_unpacks_the_archives(tmp_path):
         f"print(len(load_mnist({str(tmp_path / 'data')!r}).train_images))"
     )
     with unpacking_lock(raw):  # this process is unpacking
-        process = subprocess.Popen([python(), "-c", script], stdout=subprocess.PIPE, text=True)
-        assert process.stdout.readline() == "loading\n"
+        process = warm_start.Popen([python(), "-c", script], stdout=subprocess.PIPE, text=True)
+        wait_until(lambda: process.output()[0] == "loading\n", process, "the loader started")
         time.sleep(2)  # loading takes well under a second here
         assert process.poll() is None  # waiting for the lock
-    assert process.communicate(timeout=120)[0].strip() == "60000" and process.returncode == 0
+    assert process.communicate(timeout=120)[0] == "loading\n60000\n" and process.returncode == 0
 
 
 def test_a_file_left_partly_unpacked_is_unpacked_again_from_its_archive(mnist_root, tmp_path):

@@ -132,7 +132,7 @@ train.main()
 def test_a_stop_signal_after_training_lets_the_run_finish_then_stops_the_sweep(tmp_path, data_root):
     sweep = tmp_path / "sweep"
     overrides = command(data_root, "model.latent_dim=2,3", "trainer.epochs=1", f"hydra.sweep.dir={sweep}")[3:]
-    result = subprocess.run(
+    result = warm_start.run(
         [python(), "-c", SIGNAL_WHILE_DRAWING, "-m", *overrides],
         capture_output=True,
         text=True,

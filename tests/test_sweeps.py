@@ -374,7 +374,7 @@ def test_the_ablation_script_says_how_its_classifier_training_goes_before_the_jo
         "import sys; sys.path.insert(0, 'experiments'); from _launch import train_the_classifier_once; "
         f"train_the_classifier_once(['data.root={fake_mnist_root}', 'evaluation.classifier.epochs=1'])"
     )
-    result = subprocess.run([python(), "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = warm_start.run([python(), "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[vae_lab.evaluation.classifier][INFO] - training the sample metrics' classifier" in result.stderr
     assert "[vae_lab.evaluation.classifier][INFO] - classifier epoch 1/1: training loss" in result.stderr

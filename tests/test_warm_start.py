@@ -49,6 +49,23 @@ def test_a_script_sees_what_a_fresh_interpreter_would(start, script, tmp_path):
     }
 
 
+@pytest.mark.parametrize("start", [subprocess.run, warm_start.run], ids=["subprocess", "warm_start"])
+def test_code_sees_what_python_c_would(start, tmp_path):
+    env = {**os.environ, "SEEN": "code"}
+    result = start(
+        [sys.executable, "-c", SCRIPT, "print", "4"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 4 and result.stderr == "to stderr\n"
+    seen = json.loads(result.stdout)
+    assert seen == {
+        "argv": ["print", "4"],
+        "cwd": str(tmp_path),
+        "path0": "",
+        "seen": "code",
+        "main": "__main__",
+    }
+
+
 def test_a_module_runs_as_with_python_m(tmp_path):
     result = warm_start.run([sys.executable, "-m", "json.tool", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage:" in result.stdout and "json.tool" in result.stdout

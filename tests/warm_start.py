@@ -5,6 +5,7 @@ a fresh interpreter spends importing them (about five on one core: most of a tin
 
     result = warm_start.run([python(), "-m", "vae_lab.train", ...], capture_output=True, text=True)
     process = warm_start.Popen([python(), "-m", "vae_lab.train", ...])  # poll, wait, send_signal, kill
+    warm_start.run([python(), "-c", "import vae_lab; ...", "argument"])  # as python -c
 
 They take the part of subprocess.run and subprocess.Popen that the tests use. Nothing of vae_lab is
 imported before the fork, so each command reads the code as it stands; the server reads the environment
@@ -58,9 +59,10 @@ class Popen:
         self, args, stdout=None, stderr=None, env=None, cwd=None, start_new_session=False, text=False
     ):
         python, *command = [str(arg) for arg in args]
-        if python != sys.executable or not command or command[0] == "-c":
+        if python != sys.executable or not command or (command[0] in ("-m", "-c") and len(command) < 2):
             raise ValueError(
-                f"warm_start runs `python -m module ...` or `python script.py ...`, not {args!r}"
+                "warm_start runs `python -m module ...`, `python -c code ...` or `python script.py ...`, "
+                f"not {args!r}"
             )
         env = dict(os.environ if env is None else env)
         server, started_with = _server()
@@ -139,6 +141,7 @@ def _become(request: dict, fresh_sys_path: list[str]) -> None:
     import runpy
     import threading
     import traceback
+    import types
 
     if request["new_session"]:
         os.setsid()
@@ -155,6 +158,11 @@ def _become(request: dict, fresh_sys_path: list[str]) -> None:
         if command[0] == "-m":  # as `python -m`: the working folder first on sys.path
             sys.argv, sys.path[:] = command[1:], [request["cwd"], *fresh_sys_path]
             runpy.run_module(command[1], run_name="__main__", alter_sys=True)
+        elif command[0] == "-c":  # as `python -c`: the working folder first, as ''
+            sys.argv, sys.path[:] = ["-c", *command[2:]], ["", *fresh_sys_path]
+            main = types.ModuleType("__main__")
+            sys.modules["__main__"] = main
+            exec(compile(command[1], "<string>", "exec"), main.__dict__)
         else:  # as `python script.py`: the script's folder first
             script = Path(command[0]).resolve()
             sys.argv, sys.path[:] = command, [str(script.parent), *fresh_sys_path]
