@@ -2,6 +2,7 @@
 folder, an image folder of PNGs), written by the tests themselves; the C kernels' build as on a new
 machine."""
 
+import fcntl
 import os
 import shutil
 import struct
@@ -92,20 +93,35 @@ def write_fake_mnist(
     return root
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """The folder `name`, made by `make(folder)` once in the whole test session: pytest-xdist's workers
+    share it (the first to ask makes it, the others wait for it). Tests read it, or copy it to change it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # above each worker's folder
+    folder, made = shared / name, shared / f"{name}.made"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not made.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+            make(folder)
+            made.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def real_mnist_root(tmp_path_factory) -> Path:
     """A data root holding a copy of the official MNIST archives of ../shared/data (torchvision unpacks
-    next to them, and ../shared is read-only); tests that use it skip where the archives are absent."""
-    import shutil
-
+    next to them, and ../shared is read-only), one for the session; tests that use it skip where the
+    archives are absent."""
     from vae_lab.data import MNIST_FILES
 
-    root = tmp_path_factory.mktemp("real_mnist")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in MNIST_FILES:
-        shutil.copy(SHARED_MNIST / f"{name}.gz", raw)
-    return root
+    def copy(root: Path) -> None:
+        raw = root / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for name in MNIST_FILES:
+            shutil.copy(SHARED_MNIST / f"{name}.gz", raw)
+
+    return made_once(tmp_path_factory, "real_mnist", copy)
 
 
 @pytest.fixture

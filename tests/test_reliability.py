@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests import warm_start
-from tests.conftest import REPO, python, wait_until, write_fake_mnist
+from tests.conftest import REPO, made_once, python, wait_until, write_fake_mnist
 from vae_lab.errors import RunFolderError
 from vae_lab.files import write_atomically, write_json
 from vae_lab.losses import ELBO
@@ -68,17 +68,20 @@ def wait_for_epochs(run_dir: Path, count: int, process: warm_start.Popen) -> Non
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    """768 training images: 12 steps an epoch in batches of 64."""
-    return write_fake_mnist(tmp_path_factory.mktemp("data"), train_count=768, test_count=128)
+    """768 training images: 12 steps an epoch in batches of 64 (one folder for the session)."""
+    return made_once(tmp_path_factory, "reliability_data", lambda root: write_fake_mnist(root, 768, 128))
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_root) -> Path:
-    """The run the stopped and resumed runs must end bit-identical to."""
-    run_dir = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    result = train(data_root, run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+    """The run the stopped and resumed runs must end bit-identical to: trained once in the session, for
+    this module and test_reliability_sweeps.py."""
+
+    def make(run_dir: Path) -> None:
+        result = train(data_root, run_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return made_once(tmp_path_factory, "reliability_uninterrupted", make)
 
 
 def start(data_root: Path, run_dir: Path) -> warm_start.Popen:

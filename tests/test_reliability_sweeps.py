@@ -24,7 +24,7 @@ from tests.test_reliability import (
     wait_for_epochs,
 )
 
-# test_reliability.py's fixtures, made anew for this module: its data, and its uninterrupted run
+# test_reliability.py's fixtures: its data, and its uninterrupted run (both made once in the session)
 data_root = reliability.data_root
 uninterrupted = reliability.uninterrupted
 
