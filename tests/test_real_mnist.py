@@ -31,7 +31,7 @@ def test_the_official_files_load_with_their_known_sizes(mnist_root):
 
 def test_about_a_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp_path):
     run_dir = tmp_path / "run"
-    # 3 epochs of 4,096 images at batch 128: 96 steps
+    # 2 epochs of 6,144 images at batch 128: 96 steps, and the whole test split measured after each
     result = warm_start.run(
         [
             python(),
@@ -39,8 +39,8 @@ def test_about_a_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp
             "vae_lab.train",
             f"data.root={mnist_root}",
             f"hydra.run.dir={run_dir}",
-            "data.limit=4096",
-            "trainer.epochs=3",
+            "data.limit=6144",
+            "trainer.epochs=2",
             "trainer.progress=false",
             "evaluation.enabled=false",  # the metrics have tests of their own
         ],
@@ -51,9 +51,9 @@ def test_about_a_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tests = [line["test"]["total"] for line in lines]
-    assert tests[2] < tests[0] - 10, tests
+    assert len(tests) == 2 and tests[1] < tests[0] - 10, tests
     # an untrained decoder gives about 784 * log 2 = 543 nats; a hundred steps reach far below
-    assert tests[2] < 250, tests
+    assert tests[1] < 250, tests
 
 
 @pytest.mark.parametrize("damage", ["truncated", "one byte changed"])
