@@ -134,6 +134,17 @@ def test_evaluate_adds_the_metrics_to_an_existing_run_and_rewrites_nothing_else(
     assert changed == {"class_histogram.png", "interpolation.png"}  # new figures only
 
 
+def test_a_run_without_figures_draws_none_and_its_evaluation_adds_none(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    summary = train(run_dir, data_root, "model=mlp_vae", "trainer.figures=false")
+    assert summary["status"] == "completed" and summary["figures"] == [] and summary["metrics"]["iwae"]
+    assert list(run_dir.glob("*.png")) == []
+    assert evaluate_main([str(run_dir)]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["figures"] == []
+    assert list(run_dir.glob("*.png")) == []
+    assert "Figures: none (trainer.figures=false)" in (run_dir / "train.log").read_text()
+
+
 def test_evaluate_gives_the_same_numbers_as_the_run_did(vae_summary):
     run_dir, summary = vae_summary
     assert evaluate_main([str(run_dir)]) == 0

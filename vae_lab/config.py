@@ -161,6 +161,7 @@ class TrainerSchema:
     eval_batch_size: int = positive_int()
     threads: Optional[int] = positive_int("for torch's default")
     progress: bool = MISSING
+    figures: bool = MISSING
     resume: bool = MISSING
     sync_batchnorm: bool = MISSING
     early_stopping: EarlyStoppingSchema = field(default_factory=EarlyStoppingSchema)

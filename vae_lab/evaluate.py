@@ -52,7 +52,8 @@ def evaluate_folder(
     overrides: list[str] = (),
     reuse: list[str] = (),
 ) -> dict:
-    """Add the metrics to one finished run's summary.json and redraw its figures; give back the summary."""
+    """Add the metrics to one finished run's summary.json and redraw its figures (unless it was trained
+    with trainer.figures=false); give back the summary."""
     run = load_run(run_dir, device=device)
     if run.summary.get("status") != "completed":
         raise RunFolderError(
@@ -74,7 +75,9 @@ def evaluate_folder(
         likelihood=likelihood,
         known={name: (run.summary.get("metrics") or {}).get(name) for name in reuse},
     )
-    figures = draw_run_figures(run.model, data, run_dir, run.config.seed, True, histograms)
+    figures = []
+    if run.config.trainer.get("figures", True):  # a run trained with trainer.figures=false gets none
+        figures = draw_run_figures(run.model, data, run_dir, run.config.seed, True, histograms)
     summary = dict(run.summary)
     summary["metrics"] = result
     summary["figures"] = list(dict.fromkeys([*summary.get("figures", []), *figures]))

@@ -8,6 +8,7 @@ OPERATIONAL_KEYS = frozenset(
     {
         "trainer.threads",
         "trainer.progress",
+        "trainer.figures",
         "trainer.resume",
         "trainer.eval_batch_size",
         "device",

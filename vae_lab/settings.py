@@ -45,6 +45,7 @@ class RunSettings:
     sync_batchnorm: bool  # BatchNorm on the global batch's statistics in a data-parallel run
     data_root: str  # where the evaluation's classifier cache lives
     progress: bool
+    figures: bool  # draw the run's figures (trainer.figures)
     epochs: int
     objective: Optional[str]  # the summary key a search minimises (hydra/sweeper=optuna)
     resume_key: dict[str, Any]  # what a checkpoint must match to be gone on with (checkpoint.resume_key)
@@ -82,6 +83,7 @@ def read_settings(cfg: DictConfig, run_dir: Path) -> RunSettings:
         sync_batchnorm=trainer.sync_batchnorm,
         data_root=cfg.data.root,
         progress=trainer.progress,
+        figures=trainer.figures,
         epochs=trainer.epochs,
         objective=cfg.objective,
         resume_key=key,

@@ -114,8 +114,10 @@ def run(
         hand_back_freed_memory()  # what training kept for its steps: not part of evaluation's peak
         metrics, histograms = evaluate_run(settings, model, data, loss, last, logger)
         evaluated = settings.evaluation.enabled
-        figures = draw_run_figures(model, data, run_dir, settings.seed, evaluated, histograms)
-        logger.log_figures([run_dir / name for name in figures], step=last["epoch"])
+        figures = []
+        if settings.figures:
+            figures = draw_run_figures(model, data, run_dir, settings.seed, evaluated, histograms)
+            logger.log_figures([run_dir / name for name in figures], step=last["epoch"])
         summary = {
             "status": "completed",
             "epochs": last["epoch"],
@@ -248,7 +250,8 @@ def train_app(cfg: DictConfig) -> Optional[float]:
         return None
     log.info(f"Run folder: {run_dir}")
     log.info(
-        f"Figures: {', '.join(summary['figures'])}  |  test {format_parts(summary['test'])} "
+        f"Figures: {', '.join(summary['figures']) or 'none (trainer.figures=false)'}  |  "
+        f"test {format_parts(summary['test'])} "
         f"(nats per image)  |  wall time {summary['wall_time_s']:.0f} s"
     )
     if late_stop:  # training had ended: the run finished; the sweep stops before its next job
