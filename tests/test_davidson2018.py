@@ -163,6 +163,7 @@ def warmup_run(root: Path, run_dir: Path, epochs: int, resume: bool = False) -> 
         f"trainer.epochs={epochs}",
         "trainer.batch_size=32",
         "trainer.progress=false",
+        "trainer.figures=false",  # the figures have tests of their own
         "device=cpu",
         "evaluation.enabled=false",
     ] + ["trainer.resume=true"] * resume

@@ -24,6 +24,7 @@ RUN = [
     "trainer.epochs=1",
     "trainer.threads=1",
     "trainer.progress=false",
+    "trainer.figures=false",  # the figures have tests of their own
     "evaluation.enabled=false",
 ]
 TORCHRUN = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -122,6 +122,7 @@ def test_a_tiny_burda_run_trains_at_the_staged_rates_and_resumes_at_them(tmp_pat
             "trainer.lr_stages.decay=0.5",
             f"trainer.epochs={epochs}",
             "trainer.progress=false",
+            "trainer.figures=false",  # the figures have tests of their own
             "device=cpu",
             "evaluation.enabled=false",
         ] + ["trainer.resume=true"] * resume

@@ -124,6 +124,7 @@ def test_the_script_sweeps_three_betas_and_kl_only_and_draws_the_plane(tmp_path,
             "trainer.epochs=1",
             "trainer.batch_size=64",
             "trainer.progress=false",
+            "trainer.figures=false",  # compare's figures are under test, not the runs' own
             "evaluation.enabled=false",
             "hydra/launcher=basic",  # one job after another; jobs at once: test_sweeps' ablation test
             f"hydra.sweep.dir={sweep_dir}",

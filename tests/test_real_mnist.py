@@ -42,6 +42,7 @@ def test_about_a_hundred_steps_of_the_article_vae_lower_the_loss(mnist_root, tmp
             "data.limit=6144",
             "trainer.epochs=2",
             "trainer.progress=false",
+            "trainer.figures=false",  # nor the figures of 10,000 test codes
             "evaluation.enabled=false",  # the metrics have tests of their own
         ],
         capture_output=True,

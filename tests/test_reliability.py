@@ -2,7 +2,7 @@
 preempted sweeps: test_reliability_sweeps.py).
 
 The runs here are the conv VAE (with dropout and batch norm, so every random state matters) on a
-tiny IDX MNIST, one thread, evaluation off: a few seconds each.
+tiny IDX MNIST, one thread, evaluation and figures off: a few seconds each.
 """
 
 import errno
@@ -29,6 +29,7 @@ RUN = [
     "trainer.batch_size=64",
     "trainer.threads=1",
     "trainer.progress=false",
+    "trainer.figures=false",  # the figures have tests of their own
     "evaluation.enabled=false",
 ]
 

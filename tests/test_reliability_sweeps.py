@@ -1,6 +1,7 @@
 """Faults of sweeps: a killed sweep started again, a preempted submitit job, a stop signal after training.
 
-The runs are those of test_reliability.py: the conv VAE on a tiny IDX MNIST, one thread, evaluation off.
+The runs are those of test_reliability.py: the conv VAE on a tiny IDX MNIST, one thread, evaluation and
+figures off.
 """
 
 import os
@@ -131,7 +132,8 @@ train.main()
 
 def test_a_stop_signal_after_training_lets_the_run_finish_then_stops_the_sweep(tmp_path, data_root):
     sweep = tmp_path / "sweep"
-    overrides = command(data_root, "model.latent_dim=2,3", "trainer.epochs=1", f"hydra.sweep.dir={sweep}")[3:]
+    latents, drawn = "model.latent_dim=2,3", "trainer.figures=true"  # the stop comes while they are drawn
+    overrides = command(data_root, latents, "trainer.epochs=1", drawn, f"hydra.sweep.dir={sweep}")[3:]
     result = warm_start.run(
         [python(), "-c", SIGNAL_WHILE_DRAWING, "-m", *overrides],
         capture_output=True,

@@ -200,7 +200,8 @@ def test_joblib_jobs_take_their_share_of_the_cores_and_an_explicit_thread_count_
         "hydra.launcher.n_jobs=2",
         "model=mlp_vae",
         f"trainer.threads=null,{explicit}",
-        "evaluation.enabled=false",  # the threads are under test, not the metrics
+        "trainer.figures=false",
+        "evaluation.enabled=false",  # the threads are under test, not the metrics or the figures
     )
     summaries = [json.loads((job / "summary.json").read_text()) for job in job_dirs(sweep_dir)]
     assert [summary["status"] for summary in summaries] == ["completed", "completed"]
@@ -215,7 +216,8 @@ def test_submitit_local_runs_a_sweep(tmp_path, fake_mnist_root):
         "hydra.launcher.timeout_min=10",
         "model=mlp_vae",
         "loss=recon,elbo",
-        "evaluation.enabled=false",  # the launcher is under test, not the metrics
+        "trainer.figures=false",
+        "evaluation.enabled=false",  # the launcher is under test, not the metrics or the figures
     )
     jobs = job_dirs(sweep_dir)
     assert [job.name.split(",")[0] for job in jobs] == ["0_loss=recon", "1_loss=elbo"]
@@ -338,6 +340,7 @@ def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_into_its_
         "model=mlp_vae",
         "loss=recon,elbo",
         *TINY,
+        "trainer.figures=false",
         "trainer.epochs=400",  # far longer than the test waits
         "evaluation.enabled=false",
     ]
