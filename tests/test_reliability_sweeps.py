@@ -120,12 +120,13 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_from_its_own_checkpoin
 # a stop signal that arrives after training, while the run is being drawn (or evaluated)
 SIGNAL_WHILE_DRAWING = """
 import os, signal
+import vae_lab.figures.run_figures as run_figures
 import vae_lab.train as train
-draw = train.draw_run_figures
+draw = run_figures.draw_run_figures
 def draw_then_signal(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)
     return draw(*args, **kwargs)
-train.draw_run_figures = draw_then_signal
+run_figures.draw_run_figures = draw_then_signal
 train.main()
 """
 

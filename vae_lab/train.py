@@ -26,7 +26,6 @@ from vae_lab.devices import resolve_device
 from vae_lab.errors import VaeLabError
 from vae_lab.evaluation import inference
 from vae_lab.evaluation.suite import evaluate_model, one_line
-from vae_lab.figures.run_figures import draw_run_figures
 from vae_lab.files import unwritable, write_json
 from vae_lab.legacy_configs import upgrade_legacy_overrides
 from vae_lab.settings import RunSettings, read_settings
@@ -115,7 +114,9 @@ def run(
         metrics, histograms = evaluate_run(settings, model, data, loss, last, logger)
         evaluated = settings.evaluation.enabled
         figures = []
-        if settings.figures:
+        if settings.figures:  # matplotlib is imported here: by the process that draws, not by every rank
+            from vae_lab.figures.run_figures import draw_run_figures
+
             figures = draw_run_figures(model, data, run_dir, settings.seed, evaluated, histograms)
             logger.log_figures([run_dir / name for name in figures], step=last["epoch"])
         summary = {
