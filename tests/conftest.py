@@ -2,7 +2,6 @@
 folder, an image folder of PNGs), written by the tests themselves; the C kernels' build as on a new
 machine."""
 
-import fcntl
 import os
 import shutil
 import struct
@@ -23,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from vae_lab.config import check_config, register_schemas
+from vae_lab.files import file_lock
 from vae_lab.speed import SpeedOptions, speed_up
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +99,7 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # above each worker's folder
     folder, made = shared / name, shared / f"{name}.made"
-    with open(shared / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(shared / f"{name}.lock"):
         if not made.exists():
             shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
             make(folder)

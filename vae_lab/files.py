@@ -1,10 +1,14 @@
-"""Writing files so that a kill or a full disk never leaves half a file: a temporary file, then rename."""
+"""Writing files so that a kill or a full disk never leaves half a file: a temporary file, then rename;
+and a lock for processes that must not write at once."""
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from vae_lab.errors import RunFolderError
 
@@ -42,3 +46,14 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
             file.write("\n")
 
     write_atomically(path, write)
+
+
+@contextlib.contextmanager
+def file_lock(path: Optional[Path]) -> Iterator[None]:
+    """Hold an exclusive lock on the file at path (made if missing) while the block runs; None: no lock."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield

@@ -1,27 +1,15 @@
 """MLflow: a run per job under its sweep's parent run, in a local SQLite store or on a tracking server."""
 
-import contextlib
-import fcntl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from vae_lab.errors import ConfigError
+from vae_lab.files import file_lock
 from vae_lab.training.loggers.base import NoLogger, epoch_numbers, finite_numbers, install_hint
 from vae_lab.training.loggers.context import RunContext
 from vae_lab.training.run_folder import flatten
-
-
-@contextlib.contextmanager
-def file_lock(path: Optional[Path]) -> Iterator[None]:
-    """Hold an exclusive lock on the file at path (made if missing) while the block runs; None: no lock."""
-    if path is None:
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-        yield
 
 
 class MlflowLogger(NoLogger):
