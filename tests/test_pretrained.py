@@ -37,6 +37,31 @@ def test_a_shipped_model_loads_as_load_run_gives_a_run(name):
     assert images.shape == (3, 1, 28, 28)
 
 
+def test_a_loaded_model_holds_its_convolutions_in_nhwc_on_the_cpu_and_gives_the_plain_layouts_outputs():
+    import copy
+
+    from vae_lab.runs import ready_to_evaluate
+
+    run = load_pretrained("article_vae")
+    convolutions = [m.weight for m in run.model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    assert len(convolutions) == 8
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    assert not all(w.is_contiguous() for w in convolutions)
+    nchw = copy.deepcopy(run.model).to(memory_format=torch.contiguous_format)
+    assert all(
+        m.weight.is_contiguous() for m in nchw.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)
+    )
+    images = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(run.model.encode(images).mean, nchw.encode(images).mean)
+        codes = torch.randn(8, 2)
+        torch.testing.assert_close(run.model.decode(codes), nchw.decode(codes))
+    assert ready_to_evaluate(nchw, "meta") is nchw and not nchw.training  # elsewhere the layout is left alone
+    assert all(
+        m.weight.is_contiguous() for m in nchw.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)
+    )
+
+
 def test_no_name_or_a_wrong_one_lists_the_names():
     for wrong in (None, "article_vea"):
         with pytest.raises(
@@ -59,19 +84,26 @@ def test_a_fresh_process_reads_the_summary_with_no_data_and_no_training(tmp_path
     assert "'total'" in result.stdout and not list(tmp_path.iterdir())  # nothing downloaded or written
 
 
+@pytest.fixture(scope="module")
+def mnist_test_images(real_mnist_root) -> torch.Tensor:
+    """The real MNIST test split, whole, read once for the four models."""
+    from vae_lab.data import load_mnist
+
+    return load_mnist(str(real_mnist_root), limit=64).test_images
+
+
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not in {SHARED_MNIST}")
 @pytest.mark.parametrize("name", SHIPPED)
-def test_each_shipped_model_reproduces_its_recorded_test_loss_on_mnist(name, real_mnist_root):
+def test_each_shipped_model_reproduces_its_recorded_test_loss_on_mnist(name, mnist_test_images):
     from hydra.utils import instantiate
 
-    from vae_lab.data import load_mnist
     from vae_lab.evaluation.inference import evaluate_loss
 
     run = load_pretrained(name)
-    data = load_mnist(str(real_mnist_root), limit=64)  # the test split, whole
+    assert len(mnist_test_images) == 10_000
     loss = instantiate(run.config.loss)
     test = evaluate_loss(
-        run.model, loss, data.test_images, run.config.trainer.eval_batch_size, run.config.seed
+        run.model, loss, mnist_test_images, run.config.trainer.eval_batch_size, run.config.seed
     )
     recorded = json.loads((FOLDER / name / "summary.json").read_text())["shipped"]["test"]
     for part in ("total", "recon"):

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from vae_lab.errors import VaeLabError
 from vae_lab.legacy_configs import upgrade_legacy_model
-from vae_lab.runs import Run
+from vae_lab.runs import Run, ready_to_evaluate
 
 FOLDER = Path(__file__).resolve().parent
 WEIGHTS, CONFIG, SUMMARY, RECORD = "weights.pt", "config.yaml", "summary.json", "record.json"
@@ -52,7 +52,9 @@ def load_pretrained(name: Optional[str] = None, device: str | torch.device = "cp
         [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     )
     summary = json.loads((folder / SUMMARY).read_text())
-    return Run(path=folder, config=config, model=model.to(device).eval(), summary=summary, metrics=metrics)
+    return Run(
+        path=folder, config=config, model=ready_to_evaluate(model, device), summary=summary, metrics=metrics
+    )
 
 
 def record(name: str) -> dict:
