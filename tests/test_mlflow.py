@@ -3,6 +3,7 @@ each with the config as params, the numbers of each epoch with their step, the s
 figures as artifacts, read back with MLflow's own client. Offline: the store is a file the test makes."""
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,11 @@ from vae_lab.errors import ConfigError
 from vae_lab.training.loggers import MlflowLogger, RunContext
 from vae_lab.training.run_folder import flatten
 
-pytest.importorskip("mlflow")
-pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+# looked up, not imported: mlflow takes a second to import, and every pytest worker collects this file
+pytestmark = [
+    pytest.mark.skipif(find_spec(name) is None, reason=f"{name} is not installed")
+    for name in ("mlflow", "hydra_plugins.hydra_joblib_launcher")
+]
 
 LOSS_CLASSES = {"kl": "vae_lab.losses.KL", "elbo": "vae_lab.losses.ELBO"}
 
