@@ -104,7 +104,7 @@ def test_a_vae_collapsed_onto_the_prior_decoding_grey_is_judged_as_kl_only_train
             layer.weight.zero_()
             layer.bias.zero_()  # posterior N(0, I) for every image; logits 0: every pixel 0.5
     data = load_mnist(str(data_root), download=False)
-    metrics, _ = evaluate_model(model, data, cfg.evaluation, 0, str(data_root), progress=False)
+    metrics = evaluate_model(model, data, cfg.evaluation, 0, str(data_root), progress=False).metrics
     assert metrics["prior_samples"]["precision"] < metrics["classifier"]["real_data"]["precision"]
     assert metrics["prior_samples"]["coverage"] < 0.05  # one image repeated covers almost nothing
     holes = metrics["latent_holes"]["prior"]

@@ -267,3 +267,15 @@ def test_chunked_mutual_information_equals_the_full_matrix_one():
         metrics.mutual_information(mean, log_var, same_z), abs=1e-10
     )
     assert 0 < drawn["mutual_information"] <= math.log(200)
+
+
+def test_scores_of_no_more_real_images_than_k_keep_the_frechet_distance_alone():
+    draws = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(6, 8, generator=draws), torch.randn(40, 8, generator=draws)
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    few = sample_quality.score_samples(real[:5], labels[:5], 2, fake, k=5)
+    balls = ("precision", "coverage", "density", "coverage_lowest_class", "coverage_highest_class")
+    assert all(few[name] is None for name in balls) and few["coverage_per_class"] is None
+    assert few["frechet_distance"] == pytest.approx(sample_quality.frechet_distance(fake, real[:5]))
+    enough = sample_quality.score_samples(real, labels, 2, fake, k=5)
+    assert all(0 <= enough[name] for name in balls) and len(enough["coverage_per_class"]) == 2

@@ -47,6 +47,12 @@ def test_mutual_information_reaches_log_n_for_distinct_sharp_posteriors():
     assert metrics.mutual_information(mean, log_var, z) == pytest.approx(math.log(100), abs=1e-3)
 
 
+def test_knn_accuracy_is_none_with_fewer_training_codes_than_k():
+    codes, labels = torch.randn(4, 2, generator=torch.Generator().manual_seed(0)), torch.arange(4)
+    assert metrics.knn_accuracy(codes, labels, codes, labels, k=5) is None
+    assert metrics.knn_accuracy(codes, labels, codes, labels, k=4) is not None
+
+
 def test_knn_accuracy_on_codes_that_are_a_function_of_the_label():
     labels = torch.arange(10).repeat(50)
     codes = torch.stack([labels.float(), -labels.float()], 1)

@@ -210,6 +210,34 @@ def test_each_speed_option_gives_the_results_of_the_default_path(option, fake_mn
         assert second == pytest.approx(expected_second, rel=5e-3)
 
 
+def test_a_run_encodes_its_test_split_once_for_the_metrics_the_figures_and_the_trackers(
+    tmp_path, fake_mnist_root, monkeypatch
+):
+    pytest.importorskip("tensorboard")
+    from tests.conftest import run_in_process
+    from vae_lab.evaluation import inference
+
+    test_count = len(load_mnist(str(fake_mnist_root), download=False).test_images)
+    encoded = []
+
+    def counting(encode):
+        def counted(model, images, *args, **kwargs):
+            encoded.append(len(images))
+            return encode(model, images, *args, **kwargs)
+
+        return counted
+
+    for name in ("encode_means", "encode_posteriors"):
+        monkeypatch.setattr(inference, name, counting(getattr(inference, name)))
+    run_dir = tmp_path / "run"
+    overrides = ["trainer.epochs=1", "trainer.progress=false", "model.latent_dim=3", "logger=tensorboard"]
+    summary = run_in_process(run_dir, f"data.root={fake_mnist_root}", *overrides, *FAST_EVALUATION)
+    assert {"latent_scatter.png", "traversal.png"} <= set(summary["figures"])
+    assert summary["metrics"]["separability"]["knn_accuracy"] is not None
+    assert list((run_dir / "tensorboard").rglob("tensors.tsv"))  # the projector's test codes
+    assert encoded.count(test_count) == 1  # the suite's: the figures and the projector reuse its codes
+
+
 def test_logger_tensorboard_writes_events_beside_the_run_files(tmp_path, fake_mnist_root):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

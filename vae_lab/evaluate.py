@@ -65,7 +65,7 @@ def evaluate_folder(
     data = instantiate(data_cfg).to(torch.device(device))
     loss_cfg = upgrade_legacy_loss(OmegaConf.to_container(run.config.loss))
     likelihood = instantiate(loss_cfg).likelihood  # the pixel likelihood the run was trained with
-    result, histograms = evaluate_model(
+    evaluation = evaluate_model(
         run.model,
         data,
         evaluation_settings(run.config, overrides),
@@ -77,9 +77,9 @@ def evaluate_folder(
     )
     figures = []
     if run.config.trainer.get("figures", True):  # a run trained with trainer.figures=false gets none
-        figures = draw_run_figures(run.model, data, run_dir, run.config.seed, True, histograms)
+        figures = draw_run_figures(run.model, data, run_dir, run.config.seed, evaluation)
     summary = dict(run.summary)
-    summary["metrics"] = result
+    summary["metrics"] = evaluation.metrics
     summary["figures"] = list(dict.fromkeys([*summary.get("figures", []), *figures]))
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary

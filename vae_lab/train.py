@@ -25,7 +25,7 @@ from vae_lab.config import CONF_DIR, check_config, register_schemas
 from vae_lab.devices import resolve_device
 from vae_lab.errors import VaeLabError
 from vae_lab.evaluation import inference
-from vae_lab.evaluation.suite import evaluate_model, one_line
+from vae_lab.evaluation.suite import Evaluation, evaluate_model, one_line
 from vae_lab.files import unwritable, write_json
 from vae_lab.legacy_configs import upgrade_legacy_overrides
 from vae_lab.settings import RunSettings, read_settings
@@ -92,32 +92,31 @@ def run(
     check_data_parallel_run(ranks, settings.batch_size, settings.device, device)
     parts = settings.parts
     model, loss, optimizer = build(parts.model, parts.loss, parts.optimizer, device)  # the plain model
-    if ranks.is_distributed and settings.sync_batchnorm:
-        model = synchronise_batchnorm(model, device)  # before the speed transform: no fused BatchNorm
     data = build_data(parts.data, device)
     check_model_fits_data(model, data.test_images)
     check_last_batch(ranks, settings.batch_size, len(data.train_images))
-    step = TrainStep.sped_up(model, loss, optimizer, settings.speed, ranks)  # faster layers: vae_lab/speed
+    if ranks.is_distributed and settings.sync_batchnorm:
+        model = synchronise_batchnorm(model, device)  # before the speed transform: no fused BatchNorm
     log.info(
         f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters), "
         f"{loss!r}, {len(data.train_images):,} training images, device {device}"
         + (f", {ranks.world_size} processes" if ranks.is_distributed else "")
     )
-    # the trackers, besides the run folder's own files: process 0's
+    # the trackers, besides the run folder's own files: process 0's, once every part has been checked
     logger = instantiate_node(parts.logger, "logger", run_dir=run_dir) if ranks.is_main else NoLogger()
+    step = TrainStep.sped_up(model, loss, optimizer, settings.speed, ranks)  # faster layers: vae_lab/speed
     try:
         logger.start(run_context(settings.config, run_dir))
         last = fit(step, data, settings.fit, run_dir, checkpoint, stop, logger)
         if not ranks.is_main:
             return None  # process 0 evaluates the trained model once and writes the run's files
         hand_back_freed_memory()  # what training kept for its steps: not part of evaluation's peak
-        metrics, histograms = evaluate_run(settings, model, data, loss, last, logger)
-        evaluated = settings.evaluation.enabled
+        evaluation = evaluate_run(settings, model, data, loss, last, logger)
         figures = []
         if settings.figures:  # matplotlib is imported here: by the process that draws, not by every rank
             from vae_lab.figures.run_figures import draw_run_figures
 
-            figures = draw_run_figures(model, data, run_dir, settings.seed, evaluated, histograms)
+            figures = draw_run_figures(model, data, run_dir, settings.seed, evaluation)
             logger.log_figures([run_dir / name for name in figures], step=last["epoch"])
         summary = {
             "status": "completed",
@@ -135,7 +134,7 @@ def run(
             "peak_memory_mib": peak_memory_mib(),
             "resumed_after_epoch": checkpoint.epoch if checkpoint is not None else None,
             "figures": figures,
-            "metrics": metrics,
+            "metrics": evaluation and evaluation.metrics,
         }
         logger.finish(summary)
     finally:
@@ -144,13 +143,13 @@ def run(
     return summary
 
 
-def evaluate_run(settings: RunSettings, model, data, loss, last: dict, logger):
-    """Give back (the evaluation suite's metrics, the samples' class histograms), (None, None) where
-    evaluation.enabled is false; hand the metrics and the test codes to the trackers."""
-    metrics, histograms = None, None
+def evaluate_run(settings: RunSettings, model, data, loss, last: dict, logger) -> Optional[Evaluation]:
+    """Give back the evaluation suite's Evaluation (metrics, the samples' class histograms, the test
+    codes), None where evaluation.enabled is false; hand the metrics and the test codes to the trackers."""
+    evaluation = None
     if settings.evaluation.enabled:
         log.info("evaluating on the test split (docs/metrics.md)")
-        metrics, histograms = evaluate_model(
+        evaluation = evaluate_model(
             model,
             data,
             settings.evaluation,
@@ -160,13 +159,14 @@ def evaluate_run(settings: RunSettings, model, data, loss, last: dict, logger):
             last["test"],
             loss.likelihood,
         )
-        log.info(one_line(metrics))
-        logger.log_metrics(metrics, step=last["epoch"])
+        log.info(one_line(evaluation.metrics))
+        logger.log_metrics(evaluation.metrics, step=last["epoch"])
     if logger.embedding_images:  # the first test images' codes, for TensorBoard's projector
         shown = data.test_images[: logger.embedding_images]
         labels = [data.class_names[label] for label in data.test_labels[: len(shown)].tolist()]
-        logger.log_embedding(inference.encode_means(model, shown), labels, shown / 255, last["epoch"])
-    return metrics, histograms
+        codes = inference.encode_means(model, shown) if evaluation is None else evaluation.test_codes
+        logger.log_embedding(codes[: len(shown)], labels, shown / 255, last["epoch"])
+    return evaluation
 
 
 def set_threads(threads: Optional[int], parallel_jobs: int) -> None:

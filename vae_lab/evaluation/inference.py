@@ -6,11 +6,12 @@ vae_lab/figures/plots.py.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
-from vae_lab.data import in_order, to_float
+from vae_lab.data import ImageData, in_order, to_float
 from vae_lab.losses import loss_parts
 from vae_lab.models.autoencoder import reparameterise
 
@@ -65,6 +66,28 @@ def encode_posteriors(
     model.eval()
     pairs = [model.encode(to_float(images[b])) for b in in_order(len(images), batch_size)]
     return torch.cat([p.mean for p in pairs]), torch.cat([p.log_var for p in pairs])
+
+
+@dataclass
+class Codes:
+    """The codes of a trained model that the evaluation's sections share: the test split's (posterior
+    means and log-variances for a VAE, the codes for an autoencoder) and the first training images'
+    for the kNN vote."""
+
+    test: torch.Tensor  # (N_test, latent_dim)
+    test_log_var: Optional[torch.Tensor]  # (N_test, latent_dim) for a VAE, else None
+    train: torch.Tensor  # (knn_train_images, latent_dim)
+    train_labels: torch.Tensor
+
+
+def encode_codes(model, data: ImageData, train_images: int) -> Codes:
+    """Give back the Codes of the test split and of the first `train_images` training images."""
+    if model.is_variational:
+        test, log_var = encode_posteriors(model, data.test_images)
+    else:
+        test, log_var = encode_means(model, data.test_images), None
+    first = slice(0, train_images)
+    return Codes(test, log_var, encode_means(model, data.train_images[first]), data.train_labels[first])
 
 
 @torch.no_grad()

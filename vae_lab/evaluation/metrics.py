@@ -68,8 +68,11 @@ def knn_accuracy(
     test_labels: torch.Tensor,
     k: int = 5,
     chunk: int = 1000,
-) -> float:
-    """Give back the share of test codes whose k nearest training codes (Euclidean) vote their label."""
+) -> float | None:
+    """Give back the share of test codes whose k nearest training codes (Euclidean) vote their label;
+    None where there are fewer than k training codes (no k nearest neighbours)."""
+    if len(train_codes) < k:
+        return None
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     correct = 0
     for start in range(0, len(test_codes), chunk):

@@ -129,7 +129,14 @@ def score_samples(
 ) -> dict:
     """Give back the sample metrics of fakes against real images, in a classifier's feature space:
     precision (pruned balls), coverage, density, per-class coverage (lowest, highest, each class) and
-    the Frechet distance (`density_coverage`, `per_class_coverage`, `frechet_distance`)."""
+    the Frechet distance (`density_coverage`, `per_class_coverage`, `frechet_distance`). With no more
+    real images than k (no ball radius is defined) the ball-based metrics are None each."""
+    if len(real_features) <= k:
+        names = ("precision", "coverage", "density", "coverage_lowest_class", "coverage_highest_class")
+        return dict.fromkeys(names) | {
+            "coverage_per_class": None,
+            "frechet_distance": frechet_distance(fake_features, real_features),
+        }
     fidelity = density_coverage(real_features, fake_features, k)
     per_class = per_class_coverage(fidelity["covered"], real_labels, classes)
     return {

@@ -1,8 +1,11 @@
 """The evaluation suite of a trained model on its test split: one short section per family of metrics.
 
 Every number is computed in vae_lab/evaluation/metrics.py, latent_holes.py, sample_quality.py and
-exact_likelihood.py (definitions: docs/metrics.md); the sections run the model
-(vae_lab/evaluation/inference.py) and hand the tensors over, in the order summary.json lists them.
+exact_likelihood.py (definitions: docs/metrics.md). The model's passes that draw no random number run
+once, first (vae_lab/evaluation/inference.py: the test loss, the test and training codes); the sections
+share those tensors, run the model for what they draw themselves (importance draws, decoded grids and
+samples), and hand the tensors over, in the order summary.json lists them. The test codes go back with
+the metrics (Evaluation), for the run's figures and its trackers.
 The sections draw their random numbers in a fixed order (the model's own draws from torch's
 generator seeded with the run's seed, the held-out splits and the hole estimates from `holes`, the
 prior draws from `draws`): the same model, settings and seed give the same numbers.
@@ -23,12 +26,14 @@ log = logging.getLogger("vae_lab.evaluate")
 
 
 @dataclass
-class Codes:
-    """The codes the sections share: the test split's, and the first training images' for the kNN vote."""
+class Evaluation:
+    """What the suite gives back: the metrics (summary.json's "metrics"), the class histograms of the
+    samples (class_histogram.png; empty where no classifier judged them), and the test split's codes
+    (posterior means, or the autoencoder's codes) for the figures and the trackers."""
 
-    test: torch.Tensor  # (N_test, latent_dim): posterior means, or the autoencoder's codes
-    train: torch.Tensor  # (knn_train_images, latent_dim)
-    train_labels: torch.Tensor
+    metrics: dict
+    histograms: dict[str, torch.Tensor]
+    test_codes: torch.Tensor
 
 
 def evaluate_model(
@@ -41,8 +46,9 @@ def evaluate_model(
     test_parts: dict | None = None,
     likelihood=None,
     known: dict | None = None,
-) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Give back (every metric of a trained model on the test split, the class histograms of its samples).
+) -> Evaluation:
+    """Give back every metric of a trained model on the test split, the class histograms of its samples
+    and the test codes (Evaluation).
 
     Likelihoods are those of the model, whatever loss trained it: the negative ELBO for a VAE, the
     reconstruction for a deterministic autoencoder, under the training loss's pixel likelihood
@@ -56,17 +62,18 @@ def evaluate_model(
     draws = torch.Generator().manual_seed(seed)
     devices = [data.test_images.device] if data.test_images.device.type == "cuda" else []
     classifier, accuracy = load_classifier(data, settings, data_root, progress)
+    loss = (ELBO if model.is_variational else Reconstruction)(likelihood=likelihood)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        result = {"likelihood": likelihood_section(model, data, likelihood, test_parts, seed)}
+        # the model's passes that draw no random number, once: the sections share them
+        codes = inference.encode_codes(model, data, settings.knn_train_images)
+        test = test_parts or inference.evaluate_loss(model, loss, data.test_images, 1000, seed)
+        result = {"likelihood": likelihood_section(model, data, likelihood, test)}
         holes = torch.Generator().manual_seed(seed)  # the held-out split and the draws of the hole estimates
         if model.is_variational:
-            result |= posterior_sections(model, data, settings, likelihood, known or {}, holes)
-            test_codes = result.pop("test_codes")
+            result |= posterior_sections(model, data, settings, likelihood, known or {}, codes, holes)
         else:
-            test_codes = inference.encode_means(model, data.test_images)
-            result |= code_sections(test_codes, settings, holes)
-        codes = training_codes(model, data, settings, test_codes)
+            result |= code_sections(codes.test, settings, holes)
         result["exact_likelihood"] = exact_likelihood_section(
             model, data, settings, likelihood, codes, result
         )
@@ -74,13 +81,12 @@ def evaluate_model(
         samples, histograms = sample_sections(model, data, settings, classifier, accuracy, codes, draws)
         result |= samples
     result["evaluation_s"] = round(time.perf_counter() - started, 2)
-    return result, histograms
+    return Evaluation(result, histograms, codes.test)
 
 
-def likelihood_section(model, data: ImageData, likelihood, test_parts: dict | None, seed: int) -> dict:
-    """Give back the test split's reconstruction, KL and negative ELBO, and how far above the floor."""
-    loss = (ELBO if model.is_variational else Reconstruction)(likelihood=likelihood)
-    test = test_parts or inference.evaluate_loss(model, loss, data.test_images, 1000, seed)
+def likelihood_section(model, data: ImageData, likelihood, test: dict) -> dict:
+    """Give back the test split's reconstruction, KL and negative ELBO (`test`: inference.evaluate_loss
+    of the test split), and how far above the floor."""
     floor = likelihood.floor_nats(data.test_images)
     return {
         "negative_elbo": test["recon"] + test["kl"] if model.is_variational else None,
@@ -91,10 +97,12 @@ def likelihood_section(model, data: ImageData, likelihood, test_parts: dict | No
     } | likelihood.summary(floor)
 
 
-def posterior_sections(model, data: ImageData, settings, likelihood, known: dict, holes) -> dict:
+def posterior_sections(
+    model, data: ImageData, settings, likelihood, known: dict, codes: inference.Codes, holes
+) -> dict:
     """Give back a VAE's IWAE bound, its latent statistics and the prior mass in holes of its aggregate
-    posterior (and, under "test_codes", the posterior means the later sections use)."""
-    mean, log_var = inference.encode_posteriors(model, data.test_images)
+    posterior (the test split's posteriors: `codes`)."""
+    mean, log_var = codes.test, codes.test_log_var
     iwae = known.get("iwae") or iwae_section(model, data, settings, likelihood)
     mi = (
         slice(None)
@@ -108,7 +116,7 @@ def posterior_sections(model, data: ImageData, settings, likelihood, known: dict
     prior_holes = latent_holes.aggregate_posterior_holes(
         mean, log_var, settings.hole_draws, settings.hole_draws, generator=holes
     )
-    return {"iwae": iwae, "latent": latent, "latent_holes": {"prior": prior_holes}, "test_codes": mean}
+    return {"iwae": iwae, "latent": latent, "latent_holes": {"prior": prior_holes}}
 
 
 def iwae_section(
@@ -204,23 +212,21 @@ def code_sections(test_codes: torch.Tensor, settings, holes) -> dict:
     }
 
 
-def training_codes(model, data: ImageData, settings, test_codes: torch.Tensor) -> Codes:
-    """Give back the test codes with those of the first knn_train_images training images."""
-    knn_train = slice(0, settings.knn_train_images)
-    train = inference.encode_means(model, data.train_images[knn_train])
-    return Codes(test=test_codes, train=train, train_labels=data.train_labels[knn_train])
-
-
-def separability_section(data: ImageData, settings, codes: Codes) -> dict:
-    """Give back the kNN digit accuracy from the codes, its chance level, and from a 2-d PCA of pixels."""
+def separability_section(data: ImageData, settings, codes: inference.Codes) -> dict:
+    """Give back the kNN digit accuracy from the codes, its chance level, and from a 2-d PCA of pixels
+    (None each, with a warning, where there are fewer training images than knn_k)."""
+    if len(codes.train) < settings.knn_k:
+        log.warning(
+            f"kNN accuracy: skipped, {len(codes.train)} training images are fewer than knn_k={settings.knn_k}"
+        )
     centre, axes = metrics.pixel_pca(to_float(data.train_images[:10000]).flatten(1), 2)
     train_pixels = to_float(data.train_images[: len(codes.train)]).flatten(1)
     return {
-        "knn_accuracy": knn_or_none(
+        "knn_accuracy": metrics.knn_accuracy(
             codes.train, codes.train_labels, codes.test, data.test_labels, settings.knn_k
         ),
         "knn_chance": metrics.majority_share(data.test_labels),
-        "knn_pixels_pca2d": knn_or_none(
+        "knn_pixels_pca2d": metrics.knn_accuracy(
             metrics.project(train_pixels, centre, axes),
             codes.train_labels,
             metrics.project(to_float(data.test_images).flatten(1), centre, axes),
@@ -230,7 +236,7 @@ def separability_section(data: ImageData, settings, codes: Codes) -> dict:
     }
 
 
-def sample_sections(model, data: ImageData, settings, classifier, accuracy, codes: Codes, draws):
+def sample_sections(model, data: ImageData, settings, classifier, accuracy, codes: inference.Codes, draws):
     """Give back (the samples' scores and the classifier's, the class histograms of the samples).
 
     Samples are judged against the real test images in the classifier's features
@@ -242,6 +248,11 @@ def sample_sections(model, data: ImageData, settings, classifier, accuracy, code
     result["classifier"] = None
     if classifier is None:
         return result, {}
+    if len(data.test_images) <= settings.coverage_k:
+        log.warning(
+            f"precision, density and coverage: skipped, {len(data.test_images)} test images are not more "
+            f"than k={settings.coverage_k}"
+        )
     _, test_features = classify(classifier, data.test_images)
     _, train_features = classify(classifier, data.train_images[: len(data.test_images)])
     # (summary key, histogram name, codes to decode)
@@ -255,12 +266,14 @@ def sample_sections(model, data: ImageData, settings, classifier, accuracy, code
     for key, name, latent_codes in sources:
         samples = inference.decode_in_batches(model, latent_codes.to(codes.train.device))
         probabilities, features = classify(classifier, samples)
-        result[key] = scores_or_none(
-            test_features, data.test_labels, len(data.class_names), features, settings
+        result[key] = sample_quality.score_samples(
+            test_features, data.test_labels, len(data.class_names), features, settings.coverage_k
         )
         histograms[name] = sample_quality.class_histogram(probabilities)
     # what a perfect model would get: training images judged as samples against the test images
-    real = scores_or_none(test_features, data.test_labels, len(data.class_names), train_features, settings)
+    real = sample_quality.score_samples(
+        test_features, data.test_labels, len(data.class_names), train_features, settings.coverage_k
+    )
     result["classifier"] = {
         "test_accuracy": accuracy,
         "frechet_floor_train_vs_test": real["frechet_distance"],
@@ -280,31 +293,6 @@ def load_classifier(data: ImageData, settings, data_root: str, progress: bool):
         return None, None
     classifier, accuracy, _ = load_or_train(data, data_root, settings.classifier, progress)
     return classifier, accuracy
-
-
-def scores_or_none(real_features, labels, classes: int, fake_features, settings) -> dict:
-    """sample_quality.score_samples of samples against real images; with no more real images than
-    coverage_k (no radius is defined) the ball-based metrics are None each, with a warning."""
-    k = settings.coverage_k
-    if len(real_features) <= k:
-        log.warning(
-            f"precision, density and coverage: skipped, {len(real_features)} test images are not more "
-            f"than k={k}"
-        )
-        names = ("precision", "coverage", "density", "coverage_lowest_class", "coverage_highest_class")
-        return dict.fromkeys(names) | {
-            "coverage_per_class": None,
-            "frechet_distance": sample_quality.frechet_distance(fake_features, real_features),
-        }
-    return sample_quality.score_samples(real_features, labels, classes, fake_features, k)
-
-
-def knn_or_none(train_codes, train_labels, test_codes, test_labels, k: int) -> float | None:
-    """metrics.knn_accuracy, or None (with a warning) where there are fewer training codes than k."""
-    if len(train_codes) < k:
-        log.warning(f"kNN accuracy: skipped, {len(train_codes)} training images are fewer than knn_k={k}")
-        return None
-    return metrics.knn_accuracy(train_codes, train_labels, test_codes, test_labels, k)
 
 
 def one_line(result: dict) -> str:
