@@ -231,7 +231,8 @@ def test_a_run_encodes_its_test_split_once_for_the_metrics_the_figures_and_the_t
         monkeypatch.setattr(inference, name, counting(getattr(inference, name)))
     run_dir = tmp_path / "run"
     overrides = ["trainer.epochs=1", "trainer.progress=false", "model.latent_dim=3", "logger=tensorboard"]
-    summary = run_in_process(run_dir, f"data.root={fake_mnist_root}", *overrides, *FAST_EVALUATION)
+    fewer = ["evaluation.prior_samples=50", "evaluation.iwae_images=8", "trainer.batch_size=64"]
+    summary = run_in_process(run_dir, f"data.root={fake_mnist_root}", *overrides, *FAST_EVALUATION, *fewer)
     assert {"latent_scatter.png", "traversal.png"} <= set(summary["figures"])
     assert summary["metrics"]["separability"]["knn_accuracy"] is not None
     assert list((run_dir / "tensorboard").rglob("tensors.tsv"))  # the projector's test codes
