@@ -134,7 +134,7 @@ def run(
             "peak_memory_mib": peak_memory_mib(),
             "resumed_after_epoch": checkpoint.epoch if checkpoint is not None else None,
             "figures": figures,
-            "metrics": evaluation and evaluation.metrics,
+            "metrics": None if evaluation is None else evaluation.metrics,
         }
         logger.finish(summary)
     finally:

@@ -42,14 +42,15 @@ def figure_tensors(
     data: ImageData,
     seed: int,
     samples: int = 100,
-    evaluated: bool = False,
-    test_codes: Optional[torch.Tensor] = None,
+    evaluation: Optional[Evaluation] = None,
 ) -> RunFigureTensors:
-    """Give back the tensors of a run's figures: reconstructions, test codes (`test_codes` where the
-    evaluation has them already), prior samples, the manifold of a 2-d latent and, for an evaluated
-    run, interpolations, traversals (above 2-d) and, for data of two classes, the attribute shift."""
-    if test_codes is None:
+    """Give back the tensors of a run's figures: reconstructions, test codes (the evaluation's, where
+    there is one), prior samples, the manifold of a 2-d latent and, for an evaluated run,
+    interpolations, traversals (above 2-d) and, for data of two classes, the attribute shift."""
+    if evaluation is None:
         test_codes = inference.encode_means(model, data.test_images)
+    else:
+        test_codes = evaluation.test_codes
     manifold, values = inference.decode_manifold(model, size=15) if model.latent_dim == 2 else (None, None)
     tensors = RunFigureTensors(
         test_inputs=data.test_images[:RECONSTRUCTED_IMAGES] / 255,
@@ -59,7 +60,7 @@ def figure_tensors(
         manifold=manifold,
         manifold_values=values,
     )
-    if not evaluated:
+    if evaluation is None:
         return tensors
     tensors.interpolations = inference.interpolations(model, data.test_images, data.test_labels)
     if len(data.class_names) == 2:  # an attribute (CelebA's data.attribute) or two classes
@@ -88,11 +89,8 @@ def draw_run_figures(
     classifier judged them), and for data of two classes (an attribute) the attribute vector added to
     test images.
     """
-    if evaluation is None:
-        tensors, histograms = figure_tensors(model, data, seed), None
-    else:
-        tensors = figure_tensors(model, data, seed, evaluated=True, test_codes=evaluation.test_codes)
-        histograms = evaluation.histograms
+    tensors = figure_tensors(model, data, seed, evaluation=evaluation)
+    histograms = None if evaluation is None else evaluation.histograms
     return [path.name for path in draw_figures(tensors, data, type(model).__name__, run_dir, histograms)]
 
 
