@@ -298,26 +298,23 @@ def test_an_installed_wheel_carries_the_configs_and_the_plain_loop_and_trains_a_
         timeout=300,
     )
     assert install.returncode == 0, install.stderr[-2000:]
+    # one fresh interpreter on the installed package alone: where its configs are, then a training step
     probe = subprocess.run(
         [
             python(),
             "-c",
-            "import vae_lab.config, vae_lab.speed.plain_vae; print(vae_lab.config.CONF_DIR)",
+            "import sys, vae_lab.config, vae_lab.speed.plain_vae, vae_lab.bench; "
+            "print(vae_lab.config.CONF_DIR, flush=True); "
+            "sys.exit(vae_lab.bench.main(['--startup-probe', '--data-root', sys.argv[1]]))",
+            str(fake_mnist_root),
         ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
-    )
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    assert probe.stdout.strip() == str(site / "vae_lab" / "conf")
-    step = subprocess.run(
-        [python(), "-m", "vae_lab.bench", "--startup-probe", "--data-root", str(fake_mnist_root)],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
     )
-    assert step.returncode == 0 and "first step done" in step.stdout, step.stderr[-2000:]
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    conf_dir, *rest = probe.stdout.splitlines()
+    assert conf_dir == str(site / "vae_lab" / "conf")
+    assert "first step done" in rest, probe.stderr[-2000:]
