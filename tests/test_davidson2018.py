@@ -15,7 +15,7 @@ from vae_lab.errors import ConfigError
 from vae_lab.losses import ELBO, Reconstruction
 from vae_lab.models import MLPDecoder, MLPEncoder
 from vae_lab.training.early_stopping import BEST_FILE, EarlyStopping, progress_of
-from vae_lab.training.kl_warmup import check_warmup_loss, kl_factor, warmed_up
+from vae_lab.training.schedule import check_warmup_loss, kl_factor, warmed_up
 
 
 def records(*validation_totals: float) -> list[dict]:

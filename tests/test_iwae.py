@@ -12,7 +12,7 @@ from vae_lab.errors import ConfigError
 from vae_lab.losses import ELBO, ImportanceWeighted, gaussian_log_density, loss_parts
 from vae_lab.models import VAE, MLPDecoder, MLPEncoder
 from vae_lab.training.loop import TrainStep
-from vae_lab.training.lr_stages import LrStages
+from vae_lab.training.schedule import LrStages
 
 
 def small_vae(latent_dim: int = 3) -> VAE:

@@ -165,8 +165,9 @@ class TrainerSchema:
     resume: bool = MISSING
     sync_batchnorm: bool = MISSING
     early_stopping: EarlyStoppingSchema = field(default_factory=EarlyStoppingSchema)
-    kl_warmup_epochs: Optional[int] = positive_int("for the loss's own KL weight throughout")  # kl_warmup.py
-    lr_stages: LrStagesSchema = field(default_factory=LrStagesSchema)  # training/lr_stages.py
+    # training/schedule.py: the KL warm-up and the learning-rate stages
+    kl_warmup_epochs: Optional[int] = positive_int("for the loss's own KL weight throughout")
+    lr_stages: LrStagesSchema = field(default_factory=LrStagesSchema)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from vae_lab.speed import SpeedOptions
 from vae_lab.training.checkpoint import read_hydra_files, resume_key
 from vae_lab.training.loop import FitSettings
-from vae_lab.training.lr_stages import LrStages
+from vae_lab.training.schedule import EpochSchedule, LrStages
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,11 @@ def read_settings(cfg: DictConfig, run_dir: Path) -> RunSettings:
             speed=speed.as_dict(),
             hydra_files=read_hydra_files(run_dir),
             early_stopping_patience=trainer.early_stopping.patience,
-            kl_warmup_epochs=trainer.kl_warmup_epochs,
-            lr_stages=LrStages.of(trainer.lr_stages.base, trainer.lr_stages.decay),
-            lr=cfg.optimizer.lr,
+            schedule=EpochSchedule(
+                kl_warmup_epochs=trainer.kl_warmup_epochs,
+                lr_stages=LrStages.of(trainer.lr_stages.base, trainer.lr_stages.decay),
+                lr=cfg.optimizer.lr,
+            ),
         ),
         evaluation=cfg.evaluation,
         speed=speed,

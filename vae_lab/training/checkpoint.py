@@ -77,6 +77,30 @@ def save(run_dir: Path, checkpoint: Checkpoint) -> None:
     write_atomically(Path(run_dir) / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary))
 
 
+def checkpoint_of(
+    step,
+    history: list[dict[str, Any]],
+    generator: torch.Generator,
+    settings,
+    position: Optional[EpochPosition],
+) -> Checkpoint:
+    """Give back the run's checkpoint now: the weights and optimiser of `step` (loop.TrainStep), every
+    random state, the history, the place, and what `settings` (loop.FitSettings) records of the run."""
+    return Checkpoint(
+        model=step.model.state_dict(),
+        optimizer=step.optimizer.state_dict(),
+        epoch=len(history),
+        history=history,
+        torch_rng=torch.get_rng_state(),
+        cuda_rng=cuda_rng_states(),
+        order_rng=generator.get_state(),
+        config=settings.resume_config,
+        hydra_files=settings.hydra_files,
+        position=position,
+        speed=settings.speed,
+    )
+
+
 def load(run_dir: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Give back a run's checkpoint; a damaged file or an unknown format gives a RunFolderError naming it."""
     path = Path(run_dir) / CHECKPOINT_FILE

@@ -21,12 +21,11 @@ from vae_lab.losses import LossParts, loss_parts
 from vae_lab.speed import SpeedOptions, speed_up
 from vae_lab.speed.cpu import cpu_features
 from vae_lab.training import checkpoint as checkpoints
-from vae_lab.training.checkpoint import Checkpoint, EpochPosition
+from vae_lab.training.checkpoint import Checkpoint, EpochPosition, checkpoint_of
 from vae_lab.training.distributed import ONE_PROCESS, Ranks, data_parallel
 from vae_lab.training.early_stopping import EarlyStopping
-from vae_lab.training.kl_warmup import check_warmup_loss, warmed_up
-from vae_lab.training.lr_stages import LrStages, set_learning_rate
 from vae_lab.training.run_folder import write_metrics
+from vae_lab.training.schedule import EpochSchedule
 from vae_lab.training.stopping import RunInterrupted, StopSignals
 
 log = logging.getLogger("vae_lab")
@@ -224,9 +223,7 @@ class FitSettings:
     speed: dict[str, Any]  # the speed options it trains with, kept in each checkpoint
     hydra_files: dict[str, str]  # the run's .hydra/*.yaml, kept in each checkpoint
     early_stopping_patience: Optional[int] = None  # epochs; None: no early stopping (early_stopping.py)
-    kl_warmup_epochs: Optional[int] = None  # epochs; None: the KL weight as configured (kl_warmup.py)
-    lr_stages: Optional[LrStages] = None  # None: the optimizer's rate throughout (lr_stages.py)
-    lr: Optional[float] = None  # the optimizer's configured rate, which lr_stages lowers stage by stage
+    schedule: EpochSchedule = EpochSchedule()  # KL warm-up and learning-rate stages (schedule.py)
 
 
 def _restore(
@@ -247,26 +244,6 @@ def _restore(
     return history, position
 
 
-def _add_schedule_and_validation(
-    record: dict[str, Any],
-    step: TrainStep,
-    settings: FitSettings,
-    trained_with,
-    stopper: Optional[EarlyStopping],
-    data: ImageData,
-) -> None:
-    """An epoch's KL weight under a warm-up, learning rate under lr_stages and validation loss under early
-    stopping, where each applies."""
-    if settings.kl_warmup_epochs is not None:
-        record["kl_weight"] = trained_with.kl_weight  # train.total holds the KL at this weight
-    if settings.lr_stages is not None:
-        record["lr"] = step.optimizer.param_groups[0]["lr"]
-    if stopper is not None:
-        record["validation"] = stopper.validation_loss(
-            step.model, step.loss, data, settings.eval_batch_size, settings.seed
-        )
-
-
 def fit(
     step: TrainStep,
     data: ImageData,
@@ -284,27 +261,23 @@ def fit(
     stopper = EarlyStopping.start(
         settings.early_stopping_patience, data, run_dir, history, step.model, step.ranks.is_main
     )
+    stopped_early = stopper is not None and stopper.exhausted(history)  # a resumed run it had ended
     loss = step.loss  # the test and validation splits are measured with it; training may lower its KL
-    check_warmup_loss(loss, settings.kl_warmup_epochs)
 
     def save(position: Optional[EpochPosition]) -> None:
         """Process 0 writes the checkpoint; every process waits for it where it is the last one."""
         if step.ranks.is_main:
             checkpoints.save(run_dir, checkpoint_of(step, history, generator, settings, position))
 
-    for epoch in range(len(history) + 1, settings.epochs + 1):
-        if stopper is not None and stopper.exhausted(history):
-            break  # a resumed run that early stopping had ended
+    for epoch in range(len(history) + 1, len(history) + 1 if stopped_early else settings.epochs + 1):
         if position is None:
             position = EpochPosition(epoch=epoch, order_rng=generator.get_state())
         desc = f"epoch {epoch}/{settings.epochs}"
-        step.loss = warmed_up(loss, epoch, settings.kl_warmup_epochs)
-        if settings.lr_stages is not None:
-            set_learning_rate(step.optimizer, settings.lr_stages.rate(epoch, settings.lr))
+        step.loss, noted = settings.schedule.begin(epoch, loss, step.optimizer)
         train = train_epoch(
             step, data, settings.batch_size, generator, position, stop, settings.progress, desc
         )
-        trained_with, step.loss = step.loss, loss
+        step.loss = loss
         if train is None:  # a stop signal: keep the epoch's place
             save(position)
             step.ranks.wait_for_all()
@@ -312,8 +285,11 @@ def fit(
         evaluated = time.perf_counter()
         test = evaluate_loss(step.model, loss, data.test_images, settings.eval_batch_size, settings.seed)
         eval_s = time.perf_counter() - evaluated
-        history.append(epoch_record(epoch, train, test, position, eval_s, len(data.train_images)))
-        _add_schedule_and_validation(history[-1], step, settings, trained_with, stopper, data)
+        history.append(epoch_record(epoch, train, test, position, eval_s, len(data.train_images)) | noted)
+        if stopper is not None:
+            history[-1]["validation"] = stopper.validation_loss(
+                step.model, loss, data, settings.eval_batch_size, settings.seed
+            )
         position = None
         save(None)  # the checkpoint first: metrics.jsonl is rewritten from it on resume
         if step.ranks.is_main:
@@ -331,29 +307,6 @@ def fit(
         if stopper is not None and stopper.after_epoch(history, step.model, step.ranks.is_main):
             break
     return history[-1] if stopper is None else stopper.finish(history, step.model)  # the kept epoch's
-
-
-def checkpoint_of(
-    step: TrainStep,
-    history: list[dict[str, Any]],
-    generator: torch.Generator,
-    settings: FitSettings,
-    position: Optional[EpochPosition],
-) -> Checkpoint:
-    """Give back the run's checkpoint now: weights, optimiser, every random state, history, place."""
-    return Checkpoint(
-        model=step.model.state_dict(),
-        optimizer=step.optimizer.state_dict(),
-        epoch=len(history),
-        history=history,
-        torch_rng=torch.get_rng_state(),
-        cuda_rng=checkpoints.cuda_rng_states(),
-        order_rng=generator.get_state(),
-        config=settings.resume_config,
-        hydra_files=settings.hydra_files,
-        position=position,
-        speed=settings.speed,
-    )
 
 
 def epoch_record(
