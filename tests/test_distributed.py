@@ -1,8 +1,9 @@
 """One run over several processes (torch.distributed, gloo on the CPU): the same run as one process.
 
-The runs start two processes with torchrun, or two tasks of a submitit_local job, on a tiny IDX MNIST,
-one thread each, evaluation off, and compare their checkpoints with one process's on the same global
-batch (docs/scaling.md says what is equal and what is not).
+The runs start two processes with the environment torchrun gives its workers (torchrun itself, its agent
+and its signals are under test in test_distributed_faults.py), or two tasks of a submitit_local job, on a
+tiny IDX MNIST, one thread each, evaluation off, and compare their checkpoints with one process's on the
+same global batch (docs/scaling.md says what is equal and what is not).
 """
 
 import json
@@ -27,13 +28,12 @@ RUN = [
     "trainer.figures=false",  # the figures have tests of their own
     "evaluation.enabled=false",
 ]
-TORCHRUN = [python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 def train(data_root: Path, *overrides: str, processes: int = 1, cwd: Path = REPO):
-    start = TORCHRUN if processes == 2 else [python()]
-    result = warm_start.run(
-        [*start, "-m", "vae_lab.train", f"data.root={data_root}", *RUN, *overrides],
+    launch = warm_start.run_as_torchrun if processes == 2 else warm_start.run
+    result = launch(
+        [python(), "-m", "vae_lab.train", f"data.root={data_root}", *RUN, *overrides],
         capture_output=True,
         text=True,
         timeout=300,
@@ -143,7 +143,7 @@ def test_two_processes_train_the_mlp_vae_to_the_parameters_of_one_process(
     tmp_path, data_root, one_process_mlp
 ):
     """No BatchNorm, no dropout: the same batches and the same noise, so the same run to float rounding.
-    torchrun with no hydra.run.dir: both processes train into one run folder."""
+    With no hydra.run.dir, both processes train into one run folder."""
     one = one_process_mlp
     train(data_root, "model=mlp_vae", "trainer.batch_size=64", processes=2, cwd=tmp_path)
     folders = [p.parent for p in (tmp_path / "outputs").rglob("summary.json")]

@@ -121,8 +121,8 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_resumed_run_matches_on
     assert record["status"] == "interrupted", record
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert saved["position"] is not None  # mid-epoch
-    resumed = warm_start.run(
-        [*command(data_root, run_dir, "trainer.epochs=2"), "trainer.resume=true"],
+    resumed = warm_start.run_as_torchrun(  # two processes again, started as torchrun starts them
+        [*command(data_root, run_dir, "trainer.epochs=2", processes=1), "trainer.resume=true"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -6,6 +6,7 @@ a fresh interpreter spends importing them (about five on one core: most of a tin
     result = warm_start.run([python(), "-m", "vae_lab.train", ...], capture_output=True, text=True)
     process = warm_start.Popen([python(), "-m", "vae_lab.train", ...])  # poll, wait, send_signal, kill
     warm_start.run([python(), "-c", "import vae_lab; ...", "argument"])  # as python -c
+    warm_start.run_as_torchrun([python(), "-m", "vae_lab.train", ...])  # its two workers, as torchrun's
 
 They take the part of subprocess.run and subprocess.Popen that the tests use. Nothing of vae_lab is
 imported before the fork, so each command reads the code as it stands; the server reads the environment
@@ -133,6 +134,46 @@ def run(args, capture_output=False, text=False, timeout=None, env=None, cwd=None
         sys.stderr.write(stderr if text else stderr.decode())
         stdout = stderr = None
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
+def run_as_torchrun(
+    args, processes: int = 2, capture_output=False, text=False, timeout=None, env=None, cwd=None
+):
+    """Run `python -m module ...` in `processes` processes with the environment that `torchrun
+    --standalone --nproc_per_node=N` gives its workers (RANK, LOCAL_RANK, WORLD_SIZE, ..., a free
+    MASTER_PORT on this host), each forked from the server instead of started fresh by torchrun's agent;
+    where one fails, the others are stopped, as the agent stops them. Give back one CompletedProcess: the
+    worst exit status and the outputs of process 0, 1, ... one after the other."""
+    import socket
+
+    with socket.socket() as probe:  # a port free now, for process 0's store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = dict(os.environ if env is None else env)
+    workers = []
+    for rank in range(processes):
+        torchrun_sets = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": processes}
+        torchrun_sets |= {"LOCAL_WORLD_SIZE": processes, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        workers.append(Popen(args, env=base | {k: str(v) for k, v in torchrun_sets.items()}, cwd=cwd))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while any(worker.poll() is None for worker in workers):
+        failed = any(worker.poll() not in (None, 0) for worker in workers)
+        if failed or (deadline is not None and time.monotonic() > deadline):
+            for worker in workers:
+                worker.kill()
+            if not failed:
+                for worker in workers:
+                    worker.wait()
+                raise subprocess.TimeoutExpired(args, timeout)
+        time.sleep(0.02)
+    outputs = [worker.output(text) for worker in workers]
+    empty = "" if text else b""
+    stdout, stderr = (empty.join(output[i] for output in outputs) for i in (0, 1))
+    if not capture_output:
+        sys.stdout.write(stdout if text else stdout.decode())
+        sys.stderr.write(stderr if text else stderr.decode())
+        stdout = stderr = None
+    return subprocess.CompletedProcess(args, max(worker.returncode for worker in workers), stdout, stderr)
 
 
 def _become(request: dict, fresh_sys_path: list[str]) -> None:
