@@ -21,7 +21,7 @@ from vae_lab.losses import LossParts, loss_parts
 from vae_lab.speed import SpeedOptions, speed_up
 from vae_lab.speed.cpu import cpu_features
 from vae_lab.training import checkpoint as checkpoints
-from vae_lab.training.checkpoint import Checkpoint, EpochPosition, checkpoint_of
+from vae_lab.training.checkpoint import Checkpoint, EpochPosition
 from vae_lab.training.distributed import ONE_PROCESS, Ranks, data_parallel
 from vae_lab.training.early_stopping import EarlyStopping
 from vae_lab.training.run_folder import write_metrics
@@ -261,15 +261,16 @@ def fit(
     stopper = EarlyStopping.start(
         settings.early_stopping_patience, data, run_dir, history, step.model, step.ranks.is_main
     )
-    stopped_early = stopper is not None and stopper.exhausted(history)  # a resumed run it had ended
+    # a resumed run that early stopping had ended trains no further epoch
+    last_epoch = len(history) if stopper is not None and stopper.exhausted(history) else settings.epochs
     loss = step.loss  # the test and validation splits are measured with it; training may lower its KL
 
     def save(position: Optional[EpochPosition]) -> None:
         """Process 0 writes the checkpoint; every process waits for it where it is the last one."""
         if step.ranks.is_main:
-            checkpoints.save(run_dir, checkpoint_of(step, history, generator, settings, position))
+            checkpoints.save(run_dir, checkpoints.checkpoint_of(step, history, generator, settings, position))
 
-    for epoch in range(len(history) + 1, len(history) + 1 if stopped_early else settings.epochs + 1):
+    for epoch in range(len(history) + 1, last_epoch + 1):
         if position is None:
             position = EpochPosition(epoch=epoch, order_rng=generator.get_state())
         desc = f"epoch {epoch}/{settings.epochs}"
