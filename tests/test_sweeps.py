@@ -190,26 +190,6 @@ def test_compare_on_a_folder_without_runs_says_so(tmp_path, capsys):
         compare([tmp_path / "missing"])
 
 
-def test_joblib_jobs_take_their_share_of_the_cores_and_an_explicit_thread_count_wins(
-    tmp_path, fake_mnist_root
-):
-    share = max(1, (os.cpu_count() or 1) // 2)  # two jobs at once
-    explicit = share + 1  # unlike the share on any machine
-    sweep_dir = sweep(
-        tmp_path,
-        fake_mnist_root,
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "model=mlp_vae",
-        f"trainer.threads=null,{explicit}",
-        "trainer.figures=false",
-        "evaluation.enabled=false",  # the threads are under test, not the metrics or the figures
-    )
-    summaries = [json.loads((job / "summary.json").read_text()) for job in job_dirs(sweep_dir)]
-    assert [summary["status"] for summary in summaries] == ["completed", "completed"]
-    assert [summary["threads"] for summary in summaries] == [share, explicit]  # jobs in the sweep's order
-
-
 def test_submitit_local_runs_a_sweep(tmp_path, fake_mnist_root):
     sweep_dir = sweep(
         tmp_path,
@@ -322,13 +302,15 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc (Linux)")
-def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_into_its_folder(
+def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_jobs_that_share_the_cores(
     tmp_path, fake_mnist_root
 ):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     import signal
     import time
 
+    share = max(1, (os.cpu_count() or 1) // 2)  # two jobs at once
+    explicit = share + 1  # unlike the share on any machine
     sweep_dir = tmp_path / "sweep"
     command = [
         python(),
@@ -340,7 +322,7 @@ def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_into_its_
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         "model=mlp_vae",
-        "loss=recon,elbo",
+        f"trainer.threads=null,{explicit}",
         *TINY,
         "trainer.figures=false",
         "trainer.epochs=400",  # far longer than the test waits
@@ -369,8 +351,13 @@ def test_a_killed_joblib_sweep_leaves_no_process_training_and_restarts_into_its_
         text=True,
         timeout=300,
     )
-    # epochs differ from the checkpoint's only in how far to go: the jobs resume, or find themselves done
     assert restarted.returncode == 0, restarted.stderr[-3000:]
+    # other epochs, another folder name: the restarted jobs train beside the killed ones, in the same sweep
+    restarted_jobs = [job for job in job_dirs(sweep_dir) if job.name.endswith("trainer.epochs=2")]
+    assert len(restarted_jobs) == 2 and len(job_dirs(sweep_dir)) == 4
+    summaries = [json.loads((job / "summary.json").read_text()) for job in restarted_jobs]
+    assert [summary["status"] for summary in summaries] == ["completed", "completed"]
+    assert [summary["threads"] for summary in summaries] == [share, explicit]  # jobs in the sweep's order
 
 
 def test_the_ablation_script_says_how_its_classifier_training_goes_before_the_jobs_start(fake_mnist_root):
