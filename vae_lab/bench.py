@@ -8,12 +8,15 @@ each speed option (conf/speed) on its own, take turns in short timed windows aft
 drift on a shared machine hits every variant alike; each variant's speed is the median of its windows.
 Each variant trains in a process of its own (vae_lab/speed/measure.py), one at a time: process-wide
 settings (the threads, the allocator's) stay that variant's, and each peak resident memory is that
-variant's own. It prints a line as each stage ends; the defaults (5 rounds of 15-step windows) take a
-few minutes on a 2-core CPU.
+variant's own. The variants' processes are forked from one fork server that has imported torch and
+vae_lab, so each starts in a fraction of a second. It prints a line as each stage ends; the defaults
+(5 rounds of 15-step windows) take a few minutes on a 2-core CPU.
 """
 
 import argparse
+import functools
 import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -28,7 +31,6 @@ from vae_lab.devices import resolve_device
 from vae_lab.errors import VaeLabError
 from vae_lab.speed.cpu import cpu_features
 from vae_lab.speed.measure import (
-    REPLY,
     compose_config,
     flops_per_image,
     matmul_peak_gflops,
@@ -67,38 +69,52 @@ class BenchError(RuntimeError):
     """A variant's process could not build or train."""
 
 
+@functools.cache
+def variant_processes() -> multiprocessing.context.BaseContext:
+    """multiprocessing's fork server, started once, with the variants' module (torch with it) imported:
+    each variant's process is forked from it. Where there is none (Windows), each starts afresh."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["vae_lab.speed.measure"])
+    return context
+
+
 class Variant:
     """The parent's handle on one worker process."""
 
     def __init__(self, name: str, spec: dict):
         self.name = name
-        self.errors = tempfile.TemporaryFile(mode="w+")  # a file, so a chatty worker never blocks
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "vae_lab.bench", "--serve-variant", json.dumps(spec)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.errors,
-            text=True,
+        # a file, so a chatty worker never blocks; its last line says why a worker stopped
+        self.output = tempfile.NamedTemporaryFile(mode="w+", prefix="vae_lab-bench-", suffix=".log")
+        self.connection, worker_end = multiprocessing.Pipe()
+        self.process = variant_processes().Process(
+            target=serve_variant, args=(spec, worker_end, self.output.name), name=f"bench: {name}"
         )
+        self.process.start()
+        worker_end.close()  # the worker holds its own: a worker that stops ends the parent's reads
 
     def answer(self) -> dict:
-        for line in self.process.stdout:
-            if line.startswith(REPLY):
-                return json.loads(line[len(REPLY) :])
-        self.errors.seek(0)
-        said = self.errors.read().strip().splitlines() or ["(nothing)"]
-        raise BenchError(f"the {self.name!r} variant's process stopped; its last words: {said[-1]}")
+        try:
+            return self.connection.recv()
+        except EOFError:
+            self.process.join(timeout=60)
+            self.output.seek(0)
+            lines = self.output.read().strip().splitlines() or ["(nothing)"]
+            said = f"the {self.name!r} variant's process stopped; its last words: {lines[-1]}"
+            raise BenchError(said) from None
 
     def ask(self, command: str) -> dict:
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
+        self.connection.send(command)
         return self.answer()
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            self.process.wait(timeout=60)
-        self.errors.close()
+        self.connection.close()  # the worker's next read ends it
+        self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.output.close()
 
 
 def startup_seconds(data_root: str, device: str) -> float:
@@ -323,11 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=int, metavar="STEPS", help="instead: profile STEPS steps of the default path"
     )
     parser.add_argument("--startup-probe", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-variant", help=argparse.SUPPRESS)  # a worker: the variant's JSON spec
     args = parser.parse_args(argv)
-    if args.serve_variant:
-        serve_variant(json.loads(args.serve_variant))
-        return 0
     if args.startup_probe:
         startup_probe(args.data_root, args.device)
         return 0

@@ -1,12 +1,14 @@
 """What the bench measures, in the process that measures it: one variant of vae_lab's training path (or
 the plain loop) built and stepped a few steps at a time on its parent's word (`python -m vae_lab.bench`
-starts one such process per variant); the FLOPs of a step, the machine's matmul peak, a fresh process's
-first step and torch.profiler's table of the default path."""
+forks one such process per variant from a fork server that has imported this module); the FLOPs of a
+step, the machine's matmul peak, a fresh process's first step and torch.profiler's table of the default
+path."""
 
-import json
+import os
 import resource
 import sys
 import time
+from multiprocessing.connection import Connection
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -18,8 +20,6 @@ from vae_lab.data import ImageData, shuffled_batches
 from vae_lab.devices import resolve_device
 from vae_lab.training.build import build, instantiate_node
 from vae_lab.training.loop import TrainStep
-
-REPLY = "@bench "  # marks the worker's answers on its stdout
 
 
 def compose_config(overrides: list[str]):
@@ -68,8 +68,13 @@ def timed_steps(trainer, count: int, device: torch.device) -> tuple[int, float]:
     return images, time.perf_counter() - start
 
 
-def serve_variant(spec: dict) -> None:
-    """The worker: build one variant, then answer the parent's `steps N` and `memory` lines on stdout."""
+def serve_variant(spec: dict, connection: Connection, output_path: str) -> None:
+    """The worker: build one variant, then answer the parent's `steps N` and `memory` requests over
+    `connection`. What it prints goes to the file at `output_path`, whose last line the parent passes on
+    if the worker stops; a variant that cannot be built stops with its reason as that line."""
+    with open(output_path, "a") as output:  # the parent's terminal and its table stay the bench's own
+        os.dup2(output.fileno(), sys.stdout.fileno())
+        os.dup2(output.fileno(), sys.stderr.fileno())
     device = resolve_device(spec["device"])
     try:
         if spec["overrides"] is None:
@@ -82,18 +87,17 @@ def serve_variant(spec: dict) -> None:
             trainer = LabTrainer(spec["overrides"], data, spec["batch_size"], device)
     except Exception as error:  # e.g. no MNIST under data_root: one line for the parent to pass on
         sys.exit(f"{type(error).__name__}: {' '.join(str(error).split())}")
-
-    def reply(answer: dict) -> None:
-        print(REPLY + json.dumps(answer), flush=True)
-
-    reply({"ready": True})
-    for line in sys.stdin:
-        command, _, argument = line.strip().partition(" ")
+    connection.send({"ready": True})
+    while True:
+        try:
+            command, _, argument = connection.recv().partition(" ")
+        except EOFError:  # the parent closed its end: the bench is over
+            return
         if command == "steps":
             images, seconds = timed_steps(trainer, int(argument), device)
-            reply({"images": images, "seconds": seconds})
+            connection.send({"images": images, "seconds": seconds})
         elif command == "memory":
-            reply({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            connection.send({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
 def flops_per_image(plain, batch_size: int, device: torch.device) -> float:
